@@ -1,0 +1,208 @@
+"""Graph Laplacian smoothing guided by an image (paper §3, eq. 6-9; used by eq. 12 and 17-19).
+
+    𝒲 = D^-1/2 W D^-1/2,  L_α = (I - α 𝒲) / (1 - α)                         (§3, "Filtering")
+    s_α(z) = L_α^-1 z                                                      (eq. 8)
+    ŝ_α(z) = diag(s_α(1))^-1 s_α(z)                                         (eq. 9)
+
+L_α is symmetric positive-definite with eigenvalues in [1, (1+α)/(1-α)], so conjugate gradient (CG) applies.
+Solvers:
+- ``"cg"``: a fixed number of CG iterations (50 by default, as the paper), batched over images and channels.
+  ``gradient="autodiff"`` differentiates through the iterations (the paper's choice): the exact gradient of
+  the *truncated* solve. ``gradient="implicit"`` solves the adjoint system L_α g' = g with CG in the backward
+  pass (L_α is symmetric): the gradient of the *exact* solve, in memory independent of the iteration count.
+- ``"dense"``: for small images (n <= 4096, e.g. 28x28) L_α^-1 is formed once per guide image and normalised
+  row-wise, and smoothing is a batched matmul (the paper does this for MNIST).
+
+Every CG division is guarded per image and channel: a column whose residual is zero (z = 0, or converged
+earlier than the iteration count) stops moving, so values and gradients stay finite.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from smoothadv_tf.graph import ImageGraph, check_guide, image_graph
+
+DENSE_MAX_PIXELS = 4096
+# A CG column is frozen once ||r||^2 <= RESIDUAL_FLOOR * ||z||^2 (relative residual 1e-7, float32 precision).
+RESIDUAL_FLOOR = 1e-14
+# s_α(1) >= 1 - α exactly; truncated CG stays close, but the division of eq. (9) is floored anyway.
+MIN_NORMALISER = 1e-6
+
+
+def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Per image and channel inner product over pixels: (B, H, W, C) -> (B, 1, 1, C)."""
+    return tf.reduce_sum(a * b, axis=[1, 2], keepdims=True)
+
+
+def _safe_div(num: tf.Tensor, den: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
+    """num / den where active, else 0, with finite gradients on both branches."""
+    return tf.where(active, num / tf.where(active, den, tf.ones_like(den)), tf.zeros_like(num))
+
+
+def conjugate_gradient(matvec, b: tf.Tensor, iterations: int, tol: float = 0.0) -> tf.Tensor:
+    """Solve A x = b for SPD A, independently per image and channel, starting at x = 0.
+
+    Runs exactly `iterations` steps (fixed cost, differentiable through `tf.while_loop`); a column freezes
+    once its relative residual falls below max(tol, 1e-7).
+    """
+    floor = tf.maximum(tf.constant(tol**2, b.dtype), RESIDUAL_FLOOR) * _dot(b, b)
+    x = tf.zeros_like(b)
+    r = b
+    p = r
+    rs = _dot(r, r)
+
+    def body(x, r, p, rs):
+        active = rs > floor
+        ap = matvec(p)
+        step = _safe_div(rs, _dot(p, ap), active)
+        x = x + step * p
+        r = r - step * ap
+        rs_new = _dot(r, r)
+        beta = _safe_div(rs_new, rs, active & (rs_new > floor))
+        p = r + beta * p
+        return x, r, p, rs_new
+
+    x, _, _, _ = tf.while_loop(lambda *_: True, body, (x, r, p, rs), maximum_iterations=iterations)
+    return x
+
+
+class Smoother:
+    """ŝ_α guided by a batch of images x_o (B, H, W, C): ``smoother(z)`` = ŝ_α(z), ``smoother.solve(z)`` = s_α(z).
+
+    Works eagerly and inside ``tf.function``; z must have x_o's shape. ``graph_options`` go to
+    :func:`smoothadv_tf.graph.image_graph` (neighbors, kernel, sigma, mode).
+    """
+
+    def __init__(self, x_o, alpha: float = 0.95, solver: str = "cg", iterations: int = 50,
+                 gradient: str = "autodiff", tol: float = 0.0, **graph_options):
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha={alpha}: must be in [0, 1)")
+        if solver not in ("cg", "dense"):
+            raise ValueError(f"solver={solver!r}: expected 'cg' or 'dense'")
+        if gradient not in ("autodiff", "implicit"):
+            raise ValueError(f"gradient={gradient!r}: expected 'autodiff' or 'implicit'")
+        if iterations < 1:
+            raise ValueError(f"iterations={iterations}: must be >= 1")
+        self.x_o = check_guide(x_o)
+        self.alpha = float(alpha)
+        self.solver = solver
+        self.iterations = int(iterations)
+        self.gradient = gradient
+        self.tol = float(tol)
+        self.graph: ImageGraph = image_graph(self.x_o, **graph_options)
+        self.shape = self.x_o.shape
+        if solver == "dense":
+            n = self.shape[1] * self.shape[2]
+            if n > DENSE_MAX_PIXELS:
+                raise ValueError(f"solver='dense': {n} pixels is over {DENSE_MAX_PIXELS}; use solver='cg'")
+            self._inverse = self._dense_inverse()  # (B, G, n, n), rows normalised (eq. 9)
+        else:
+            ones = tf.ones_like(self.x_o[..., :1]) if self.graph.mode == "joint" else tf.ones_like(self.x_o)
+            self._normaliser = tf.maximum(self._cg_solve(ones), MIN_NORMALISER)
+
+    # -------------------------------------------------------------------------------------------- helpers
+    def laplacian(self, v: tf.Tensor) -> tf.Tensor:
+        """v -> L_α v."""
+        if self.alpha == 0.0:
+            return v
+        return (v - self.alpha * self.graph.apply(v)) / (1.0 - self.alpha)
+
+    def _check(self, z) -> tf.Tensor:
+        z = tf.convert_to_tensor(z, tf.float32)
+        if z.shape.rank != 4:
+            raise ValueError(f"z: expected a 4-D NHWC tensor, got shape {z.shape}")
+        if not z.shape[1:].is_compatible_with(self.shape[1:]) or not z.shape[:1].is_compatible_with(
+            self.shape[:1]
+        ):
+            raise ValueError(f"z: shape {z.shape} does not match the guide image shape {self.shape}")
+        return z
+
+    def _cg_solve(self, z: tf.Tensor) -> tf.Tensor:
+        if self.alpha == 0.0:
+            return z
+        if self.gradient == "autodiff":
+            x = conjugate_gradient(self.laplacian, z, self.iterations, self.tol)
+            # CG is homogeneous, not linear, in z, and at z = 0 its iterations are frozen (nothing to solve),
+            # so autodiff gives 0 there. sC&W starts at z = 0 (eq. 18), so for exactly-zero columns route the
+            # gradient through the adjoint solve instead: the derivative of the linear map L_α^-1.
+            zero = tf.reduce_all(tf.equal(z, 0.0), axis=[1, 2], keepdims=True)
+            return tf.where(zero, self._zero_with_adjoint_gradient(z, zero), x)
+
+        @tf.custom_gradient
+        def implicit(b):
+            x = conjugate_gradient(self.laplacian, b, self.iterations, self.tol)
+
+            def grad(g):  # L_α is symmetric: the adjoint solve is another solve
+                return conjugate_gradient(self.laplacian, g, self.iterations, self.tol)
+
+            return x, grad
+
+        return implicit(z)
+
+    def _zero_with_adjoint_gradient(self, z: tf.Tensor, zero: tf.Tensor) -> tf.Tensor:
+        """Value 0 (= L_α^-1 z where z = 0); gradient L_α^-1 g on the zero columns, computed only if any."""
+
+        @tf.custom_gradient
+        def zeros(b):
+            def grad(g):
+                return tf.cond(
+                    tf.reduce_any(zero),
+                    lambda: conjugate_gradient(self.laplacian, g, self.iterations, self.tol),
+                    lambda: tf.zeros_like(g),
+                )
+
+            return tf.zeros_like(b), grad
+
+        return zeros(z)
+
+    def _dense_inverse(self) -> tf.Tensor:
+        b, h, w = self.shape[0], self.shape[1], self.shape[2]
+        if b is None:
+            raise ValueError("solver='dense' needs a static batch size")
+        n, g = h * w, self.graph.normalized.shape[-1]
+        # Columns of 𝒲 for all images and channel groups at once: apply the stencil to the identity basis,
+        # with (image, group) moved to the channel axis, which broadcasts against the n basis images.
+        coeffs = tf.transpose(self.graph.normalized, (4, 1, 2, 3, 0))  # (G, H, W, K, B)
+        coeffs = tf.reshape(tf.transpose(coeffs, (1, 2, 3, 4, 0)), (1, h, w, len(self.graph.offsets), b * g))
+        basis = tf.reshape(tf.eye(n, dtype=tf.float32), (n, h, w, 1))
+        stencil = ImageGraph(self.graph.weights, coeffs, self.graph.degree, self.graph.offsets, "joint")
+        cols = tf.reshape(stencil.apply(basis), (n, n, b, g))  # [j, i, b, g] = 𝒲_b,g[i, j]
+        w_mats = tf.transpose(cols, (2, 3, 1, 0))  # (B, G, n, n)
+        lap = (tf.eye(n) - self.alpha * w_mats) / (1.0 - self.alpha)
+        inv = tf.linalg.inv(lap)
+        return inv / tf.maximum(tf.reduce_sum(inv, axis=-1, keepdims=True), MIN_NORMALISER)
+
+    # ------------------------------------------------------------------------------------------- public
+    def solve(self, z) -> tf.Tensor:
+        """s_α(z) = L_α^-1 z (eq. 8), unnormalised."""
+        z = self._check(z)
+        if self.solver == "dense":
+            raise ValueError("solve(): the dense solver stores only the normalised ŝ_α; use solver='cg'")
+        return self._cg_solve(z)
+
+    def __call__(self, z) -> tf.Tensor:
+        """ŝ_α(z) = diag(s_α(1))^-1 s_α(z) (eq. 9)."""
+        z = self._check(z)
+        if self.alpha == 0.0:
+            return z
+        if self.solver == "dense":
+            b, h, w, c = z.shape
+            flat = tf.transpose(tf.reshape(z, (b, h * w, c)), (0, 2, 1))[..., None]  # (B, C, n, 1)
+            out = tf.matmul(self._inverse, flat)  # G = 1 broadcasts over channels
+            return tf.reshape(tf.transpose(out[..., 0], (0, 2, 1)), (b, h, w, c))
+        return self._cg_solve(z) / self._normaliser
+
+
+def smoothness(r, x_o, **graph_options) -> tf.Tensor:
+    """Normalised quadratic form rᵀ(I - 𝒲)r / rᵀr per image (0 = perfectly "smooth like x_o").
+
+    It is (1/2) Σ_ij w_ij ||r̂_i - r̂_j||² / ||r||², the smoothness term of eq. (6) relative to the energy
+    of r; it lies in [0, 2]. A zero perturbation scores 0.
+    """
+    r = tf.convert_to_tensor(r, tf.float32)
+    graph = image_graph(x_o, **graph_options)
+    energy = tf.reduce_sum(r * r, axis=[1, 2, 3])
+    quad = energy - tf.reduce_sum(r * graph.apply(r), axis=[1, 2, 3])
+    active = energy > 0
+    return tf.where(active, quad / tf.where(active, energy, tf.ones_like(energy)), tf.zeros_like(energy))

@@ -1,0 +1,118 @@
+"""Loaders read real Fashion-MNIST and photo folders; each bad input raises one clear DataError."""
+
+import gzip
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import photo
+from PIL import Image
+
+from smoothadv_tf import data
+from smoothadv_tf.data import DataError
+
+
+def test_fashion_mnist_idx(fashion_test):
+    assert fashion_test.images.shape == (10000, 28, 28, 1)
+    assert fashion_test.images.dtype == np.float32
+    assert 0.0 <= fashion_test.images.min() and fashion_test.images.max() <= 1.0
+    assert set(np.unique(fashion_test.labels)) == set(range(10))
+    assert np.bincount(fashion_test.labels).tolist() == [1000] * 10  # the published class balance
+
+
+def test_uncompressed_idx_and_mnist_data_dir(tmp_path):
+    # MNIST code path, exercised on the Fashion-MNIST files (same IDX format), gunzipped
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        with gzip.open(os.path.join(data.FASHION_MNIST_DIR, stem + ".gz")) as src, open(tmp_path / stem, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    ds = data.load_mnist("test", str(tmp_path))
+    assert ds.images.shape == (10000, 28, 28, 1) and ds.labels.max() == 9
+
+
+def test_bad_idx_files(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        data.load_idx_dataset(str(tmp_path), "test")
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") * 3 + b"\x00" * 5)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + (2).to_bytes(4, "big") + b"\x01\x0c")
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte: IDX header promises 8 bytes"):
+        data.load_idx_dataset(str(tmp_path), "test")
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03" + (2).to_bytes(4, "big") * 3 + b"\x00" * 8)
+    with pytest.raises(DataError, match="label 12 out of range"):
+        data.load_idx_dataset(str(tmp_path), "test")
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04")
+    with pytest.raises(DataError, match="bad magic"):
+        data.load_idx_dataset(str(tmp_path), "test")
+    with pytest.raises(DataError, match="no such directory"):
+        data.load_fashion_mnist("test", str(tmp_path / "nope"))
+
+
+def _write_png(path, img):
+    Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).save(path)
+
+
+@pytest.fixture
+def nips17_dir(tmp_path):
+    for k, name in enumerate(("astronaut", "chelsea")):
+        _write_png(tmp_path / f"img{k}.png", photo(name, 299))
+    (tmp_path / "dev_dataset.csv").write_text(
+        "ImageId,URL,x1,y1,x2,y2,TrueLabel,TargetClass,OriginalLandingURL,License,Author,AuthorProfileURL\n"
+        "img0,u,0,0,1,1,835,10,u,l,a,p\nimg1,u,0,0,1,1,286,20,u,l,a,p\n"
+    )
+    return tmp_path
+
+
+def test_nips17_loader(nips17_dir):
+    ds = data.load_nips17(str(nips17_dir))
+    assert ds.images.shape == (2, 299, 299, 3) and ds.labels.tolist() == [835, 286] and ds.ids == ["img0", "img1"]
+    np.testing.assert_allclose(ds.images[0], photo("astronaut", 299), atol=0.5 / 255 + 1e-6)
+
+
+def test_nips17_bad_inputs(nips17_dir):
+    csv = nips17_dir / "dev_dataset.csv"
+    text = csv.read_text()
+    csv.write_text(text.replace("img1,", "img9,"))
+    with pytest.raises(DataError, match=r"row 3: image .*img9.png not found"):
+        data.load_nips17(str(nips17_dir))
+    csv.write_text(text.replace(",286,", ",1001,"))
+    with pytest.raises(DataError, match="row 3: label 1001 out of range"):
+        data.load_nips17(str(nips17_dir))
+    csv.write_text(text)
+    (nips17_dir / "img1.png").write_bytes(b"not a png at all")
+    with pytest.raises(DataError, match="img1.png: corrupt or unreadable"):
+        data.load_nips17(str(nips17_dir))
+    _write_png(nips17_dir / "img1.png", photo("chelsea", 200))
+    with pytest.raises(DataError, match="img1.png: image is 200x200, expected 299x299"):
+        data.load_nips17(str(nips17_dir))
+    csv.write_text("ImageId,Label\nimg0,3\n")
+    with pytest.raises(DataError, match="lacks column"):
+        data.load_nips17(str(nips17_dir))
+
+
+def test_image_folder(tmp_path):
+    _write_png(tmp_path / "a.png", photo("astronaut", 120))
+    _write_png(tmp_path / "b.png", photo("coffee", 64))
+    ds = data.load_image_folder(str(tmp_path), (32, 32))
+    assert ds.images.shape == (2, 32, 32, 3) and ds.labels.tolist() == [-1, -1]
+    (tmp_path / "labels.csv").write_text("filename,label\na.png,7\nb.png,3\n")
+    assert data.load_image_folder(str(tmp_path), (32, 32)).labels.tolist() == [7, 3]
+    (tmp_path / "labels.csv").write_text("filename,label\nc.png,7\n")
+    with pytest.raises(DataError, match="'c.png' not in"):
+        data.load_image_folder(str(tmp_path), (32, 32))
+    (tmp_path / "labels.csv").write_text("filename,label\na.png,seven\n")
+    with pytest.raises(DataError, match="'seven' is not an integer"):
+        data.load_image_folder(str(tmp_path), (32, 32))
+    (tmp_path / "labels.csv").write_text("filename,label\na.png,NaN\n")
+    with pytest.raises(DataError, match="'NaN' is not an integer"):
+        data.load_image_folder(str(tmp_path), (32, 32))
+    (tmp_path / "empty").mkdir()
+    np.save(tmp_path / "empty" / "x.npy", np.zeros(3))
+    with pytest.raises(DataError, match="no PNG/JPEG"):
+        data.load_image_folder(str(tmp_path / "empty"), (32, 32))
+
+
+def test_float_image_is_rejected(tmp_path):
+    path = tmp_path / "nan.tiff"
+    Image.fromarray(np.full((4, 4), np.nan, np.float32), mode="F").save(path)
+    with pytest.raises(DataError, match="unsupported image mode F"):
+        data.read_image(str(path), channels=1)

@@ -1,0 +1,237 @@
+"""Graph (eq. 5) and Laplacian smoothing (eq. 8-9) against scipy and finite differences, plus the numerics."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as sla
+import tensorflow as tf
+from conftest import photos
+
+from smoothadv_tf.graph import image_graph
+from smoothadv_tf.layers import LaplacianSmoothing
+from smoothadv_tf.smoothing import Smoother, smoothness
+
+
+def scipy_laplacian(graph, i, alpha, channel=0):
+    """L_α built by scipy from the graph's own W (eq. 5) - the normalisation is recomputed here."""
+    w = graph.to_scipy(i, channel).astype(np.float64)
+    deg = np.maximum(np.asarray(w.sum(axis=1)).ravel(), 1e-20)
+    d = sp.diags(1.0 / np.sqrt(deg))
+    return ((sp.eye(w.shape[0]) - alpha * (d @ w @ d)) / (1.0 - alpha)).tocsc()
+
+
+def brute_force_weights(x, sigma, kernel):
+    """W by a double loop over pixel pairs in the 4-neighbourhood, joint distance over channels."""
+    h, w, _ = x.shape
+    n = h * w
+    out = np.zeros((n, n))
+    for y in range(h):
+        for xx in range(w):
+            for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+                yy, x2 = y + dy, xx + dx
+                if 0 <= yy < h and 0 <= x2 < w:
+                    d = np.linalg.norm(x[y, xx].astype(np.float64) - x[yy, x2])
+                    k = np.exp(-d / sigma) if kernel == "laplacian" else np.exp(-(d**2) / (2 * sigma**2))
+                    out[y * w + xx, yy * w + x2] = k
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["laplacian", "gaussian"])
+def test_graph_matches_brute_force(kernel):
+    x = photos(12, 1)[0]
+    graph = image_graph(x[None], kernel=kernel, sigma=0.1)
+    np.testing.assert_allclose(graph.to_scipy(0).toarray(), brute_force_weights(x, 0.1, kernel), rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_eight_neighbours_and_per_channel_graph():
+    x = photos(10, 1)
+    g8 = image_graph(x, neighbors=8).to_scipy(0)
+    assert g8.nnz == 2 * (2 * 9 * 10 + 2 * 9 * 9)  # horizontal, vertical and two diagonal edge sets
+    gpc = image_graph(x, mode="per_channel")
+    assert gpc.weights.shape[-1] == 3
+    # per-channel weights come from one channel's distance only
+    expected = np.exp(-np.abs(x[0, 0, 1, 2] - x[0, 0, 0, 2]) / 0.1)
+    np.testing.assert_allclose(gpc.to_scipy(0, channel=2)[0, 1], expected, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def photo299():
+    return photos(299, 2)
+
+
+def test_cg_matches_spsolve_on_real_photo(photo299):
+    alpha = 0.95
+    z = np.random.default_rng(0).standard_normal(photo299.shape).astype(np.float32)
+    smoother = Smoother(photo299, alpha=alpha, iterations=300)
+    ours = smoother.solve(z).numpy()
+    for i in range(2):
+        lap = scipy_laplacian(smoother.graph, i, alpha)
+        for c in range(3):
+            ref = sla.spsolve(lap, z[i, ..., c].ravel().astype(np.float64))
+            err = np.linalg.norm(ours[i, ..., c].ravel() - ref) / np.linalg.norm(ref)
+            assert err <= 1e-4, (i, c, err)
+
+
+def test_fifty_iterations_match_scipy_cg(photo299):
+    alpha = 0.997  # the ImageNet setting: 50 iterations are far from converged, so truncation must match
+    z = np.random.default_rng(1).standard_normal(photo299.shape).astype(np.float32)
+    smoother = Smoother(photo299, alpha=alpha, iterations=50)
+    ours = smoother.solve(z).numpy()
+    lap = scipy_laplacian(smoother.graph, 0, alpha)
+    ref, _ = sla.cg(lap, z[0, ..., 1].ravel().astype(np.float64), rtol=0.0, atol=0.0, maxiter=50)
+    exact = sla.spsolve(lap, z[0, ..., 1].ravel().astype(np.float64))
+    err = np.linalg.norm(ours[0, ..., 1].ravel() - ref) / np.linalg.norm(ref)
+    assert err <= 1e-3, err
+    # and the truncation is real: 50 iterations are measurably away from the exact solve
+    assert np.linalg.norm(ref - exact) / np.linalg.norm(exact) > 10 * err
+
+
+@pytest.mark.parametrize("mode", ["joint", "per_channel"])
+def test_dense_matches_converged_cg_on_fashion_mnist(fashion_test, mode):
+    x = fashion_test.images[:3]
+    z = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
+    dense = Smoother(x, alpha=0.95, solver="dense", mode=mode)(z)
+    cg = Smoother(x, alpha=0.95, iterations=400, mode=mode)(z)
+    np.testing.assert_allclose(dense.numpy(), cg.numpy(), atol=2e-5)
+
+
+@pytest.mark.parametrize("solver", ["cg", "dense"])
+def test_normalised_smoothing_preserves_constants(fashion_test, solver):
+    x = fashion_test.images[:2]
+    s = Smoother(x, alpha=0.95, solver=solver, iterations=50)
+    np.testing.assert_allclose(s(np.ones_like(x)).numpy(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(s(2.5 * np.ones_like(x)).numpy(), 2.5, atol=3e-5)
+
+
+def test_laplacian_is_symmetric_positive_definite(fashion_test):
+    s = Smoother(fashion_test.images[:1], alpha=0.95)
+    lap = scipy_laplacian(s.graph, 0, 0.95).toarray()
+    np.testing.assert_allclose(lap, lap.T, atol=1e-6)
+    eig = np.linalg.eigvalsh(lap)
+    assert eig.min() >= 1.0 - 1e-6 and eig.max() <= 1.95 / 0.05 + 1e-3
+    # and the stencil product v -> L_α v is that matrix
+    v = np.random.default_rng(3).standard_normal((1, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_allclose(s.laplacian(tf.constant(v)).numpy().ravel(), lap @ v.ravel(), rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_alpha_zero_is_identity(fashion_test):
+    x = fashion_test.images[:2]
+    z = np.random.default_rng(4).standard_normal(x.shape).astype(np.float32)
+    np.testing.assert_allclose(Smoother(x, alpha=0.0)(z).numpy(), z)
+
+
+@pytest.mark.parametrize("gradient", ["autodiff", "implicit"])
+def test_gradient_matches_finite_differences(gradient):
+    x = photos(6, 1)
+    z0 = np.random.default_rng(5).standard_normal((1, 6, 6, 3))
+    weights = tf.constant(np.random.default_rng(6).standard_normal((1, 6, 6, 3)), tf.float64)
+
+    def f(z):
+        s = Smoother(x, alpha=0.9, iterations=40, gradient=gradient)
+        return tf.reduce_sum(tf.cast(s(tf.cast(z, tf.float32)), tf.float64) * weights)
+
+    theoretical, numerical = tf.test.compute_gradient(f, [tf.constant(z0, tf.float64)], delta=1e-2)
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=2e-3)
+
+
+def _finite(*tensors):
+    return all(bool(tf.reduce_all(tf.math.is_finite(t))) for t in tensors)
+
+
+@pytest.mark.parametrize("gradient", ["autodiff", "implicit"])
+def test_zero_signal_gives_zero_and_finite_gradient(fashion_test, gradient):
+    x = fashion_test.images[:2]
+    z = tf.zeros_like(x)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        out = Smoother(x, alpha=0.997, gradient=gradient)(z)
+        loss = tf.reduce_sum(out * out) + tf.reduce_sum(out)
+    grad = tape.gradient(loss, z)
+    assert np.all(out.numpy() == 0.0)
+    assert _finite(grad) and float(tf.reduce_max(tf.abs(grad))) > 0
+
+
+@pytest.mark.parametrize("gradient", ["autodiff", "implicit"])
+def test_more_iterations_than_needed_stay_finite(gradient):
+    x = photos(8, 1)
+    z = tf.constant(np.random.default_rng(7).standard_normal((1, 8, 8, 3)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        out = Smoother(x, alpha=0.5, iterations=200, gradient=gradient)(z)
+        loss = tf.reduce_sum(out**2)
+    grad = tape.gradient(loss, z)
+    ref = Smoother(x, alpha=0.5, iterations=64)(z)
+    assert _finite(out, grad)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-5)
+
+
+FLAT = np.full((1, 8, 8, 3), 0.5, np.float32)
+ISOLATED = np.zeros((1, 8, 8, 3), np.float32)
+ISOLATED[0, 4, 4] = 1.0  # its four edges weigh exp(-sqrt(3)/sigma): underflows with a small sigma
+CHECKERBOARD = (np.indices((8, 8)).sum(0) % 2).astype(np.float32)[None, ..., None].repeat(3, -1)
+
+
+@pytest.mark.parametrize("image", [FLAT, ISOLATED, CHECKERBOARD], ids=["flat", "isolated", "checkerboard"])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 0.95, 0.997, 0.999])
+@pytest.mark.parametrize("solver", ["cg", "dense"])
+def test_degenerate_images_stay_finite(image, alpha, solver):
+    z = tf.constant(np.random.default_rng(8).standard_normal(image.shape), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        out = Smoother(image, alpha=alpha, solver=solver, sigma=0.001, gradient="autodiff")(z)
+        loss = tf.reduce_sum(out**2)
+    assert _finite(out, tape.gradient(loss, z))
+
+
+def test_isolated_pixel_is_left_alone():
+    z = np.zeros_like(ISOLATED)
+    z[0, 4, 4] = 1.0
+    out = Smoother(ISOLATED, alpha=0.95, sigma=0.001, iterations=100)(z).numpy()
+    assert abs(out[0, 4, 4, 0] - 1.0) < 1e-5 and abs(out).sum() - 3.0 < 1e-4
+
+
+def test_layer_inside_keras_model_and_tf_function(fashion_test):
+    import keras
+
+    x = fashion_test.images[:2]
+    z = np.random.default_rng(9).standard_normal(x.shape).astype(np.float32)
+    zin, xin = keras.Input((28, 28, 1), batch_size=2), keras.Input((28, 28, 1), batch_size=2)
+    model = keras.Model([zin, xin], LaplacianSmoothing(alpha=0.95, iterations=50)([zin, xin]))
+    expected = Smoother(x, alpha=0.95, iterations=50)(z).numpy()
+    np.testing.assert_allclose(model([z, x]).numpy(), expected, atol=1e-5)
+    compiled = tf.function(lambda a, b: model([a, b]))
+    np.testing.assert_allclose(compiled(z, x).numpy(), expected, atol=1e-5)
+
+
+def test_smoothness_score(fashion_test):
+    x = fashion_test.images[:1]
+    noise = np.random.default_rng(10).standard_normal(x.shape).astype(np.float32)
+    smooth = Smoother(x, alpha=0.95, solver="dense")(noise)
+    rough, soft = smoothness(noise, x).numpy()[0], smoothness(smooth, x).numpy()[0]
+    assert 0.5 < rough < 1.5 and soft < 0.2 * rough
+    assert smoothness(np.zeros_like(x), x).numpy()[0] == 0.0
+    # the quadratic form equals the one scipy computes from W
+    w = image_graph(x).to_scipy(0, normalized=True)
+    r = noise.ravel().astype(np.float64)
+    np.testing.assert_allclose(rough, (r @ r - r @ (w @ r)) / (r @ r), rtol=1e-4)
+
+
+def test_invalid_input_raises_clear_errors(fashion_test):
+    x = fashion_test.images[:2]
+    with pytest.raises(ValueError, match="alpha"):
+        Smoother(x, alpha=1.0)
+    with pytest.raises(ValueError, match="4-D"):
+        Smoother(x[0], alpha=0.5)
+    bad = x.copy()
+    bad[1, 3, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        Smoother(bad, alpha=0.5)
+    s = Smoother(x, alpha=0.5)
+    with pytest.raises(ValueError, match="does not match"):
+        s(np.zeros((2, 27, 28, 1), np.float32))
+    with pytest.raises(ValueError, match="4-D"):
+        s(np.zeros((28, 28, 1), np.float32))
+    with pytest.raises(ValueError, match="over 4096"):
+        Smoother(photos(80, 1), alpha=0.5, solver="dense")

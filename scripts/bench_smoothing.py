@@ -84,8 +84,14 @@ def scipy_ms_per_image(x: np.ndarray, z: np.ndarray, alpha: float, iterations: i
 def main(_):
     gpus = tf.config.list_physical_devices("GPU")
     device = f"GPU ({gpus[0].name})" if gpus else f"CPU ({os.cpu_count()} cores)"
-    results = {"device": device, "size": FLAGS.size, "iterations": FLAGS.iterations, "alpha": FLAGS.alpha,
-               "jit": FLAGS.jit, "rows": []}
+    results = {
+        "device": device,
+        "size": FLAGS.size,
+        "iterations": FLAGS.iterations,
+        "alpha": FLAGS.alpha,
+        "jit": FLAGS.jit,
+        "rows": [],
+    }
     bandwidth = copy_bandwidth_gbs()
     results["copy_bandwidth_gbs"] = bandwidth
     x_all = real_photos(FLAGS.size, max(int(b) for b in FLAGS.batch_sizes))
@@ -111,9 +117,11 @@ def main(_):
                 return tape.gradient(loss, z)
 
             if gradient == "autodiff":  # the forward pass is the same solve for both modes
-                row["forward_ms_per_image"] = median_ms(lambda: forward(x, z).numpy(), FLAGS.repeats) / batch
+                row["forward_ms_per_image"] = (
+                    median_ms(lambda x=x, z=z, f=forward: f(x, z).numpy(), FLAGS.repeats) / batch
+                )
             row[f"fwd_bwd_{gradient}_ms_per_image"] = (
-                median_ms(lambda: forward_backward(x, z).numpy(), FLAGS.repeats) / batch
+                median_ms(lambda x=x, z=z, f=forward_backward: f(x, z).numpy(), FLAGS.repeats) / batch
             )
         # Bytes a bandwidth-bound CG must touch per iteration: ~10 image-sized float32 arrays read or written.
         bytes_per_image = FLAGS.iterations * 10 * 4 * x_all[0].size
@@ -125,17 +133,23 @@ def main(_):
         results["rows"].append(row)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    print(f"device: {device}  image {FLAGS.size}x{FLAGS.size}x3  CG iterations {FLAGS.iterations}  "
-          f"alpha {FLAGS.alpha}  XLA {FLAGS.jit}")
+    print(
+        f"device: {device}  image {FLAGS.size}x{FLAGS.size}x3  CG iterations {FLAGS.iterations}  "
+        f"alpha {FLAGS.alpha}  XLA {FLAGS.jit}"
+    )
     print(f"scipy.sparse.linalg.cg (same graph, 3 channels): {scipy_ms:.1f} ms/image")
-    print("| batch | forward ms/img | fwd+bwd autodiff | fwd+bwd implicit | vs scipy | bwd/fwd auto | "
-          "bwd/fwd impl | bandwidth |")
+    print(
+        "| batch | forward ms/img | fwd+bwd autodiff | fwd+bwd implicit | vs scipy | bwd/fwd auto | "
+        "bwd/fwd impl | bandwidth |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
-        print(f"| {r['batch']} | {r['forward_ms_per_image']:.1f} | {r['fwd_bwd_autodiff_ms_per_image']:.1f} | "
-              f"{r['fwd_bwd_implicit_ms_per_image']:.1f} | {r['speedup_vs_scipy']:.2f}x | "
-              f"{r['backward_ratio_autodiff']:.2f} | {r['backward_ratio_implicit']:.2f} | "
-              f"{100 * r['bandwidth_fraction']:.0f}% |")
+        print(
+            f"| {r['batch']} | {r['forward_ms_per_image']:.1f} | {r['fwd_bwd_autodiff_ms_per_image']:.1f} | "
+            f"{r['fwd_bwd_implicit_ms_per_image']:.1f} | {r['speedup_vs_scipy']:.2f}x | "
+            f"{r['backward_ratio_autodiff']:.2f} | {r['backward_ratio_implicit']:.2f} | "
+            f"{100 * r['bandwidth_fraction']:.0f}% |"
+        )
     print(f"copy bandwidth {bandwidth:.1f} GB/s; peak RSS {results['peak_rss_mib']:.0f} MiB")
     os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
     with open(FLAGS.output, "w") as f:

@@ -118,13 +118,16 @@ def _from_keras(name: str, split: str, hint: str) -> Dataset:
     except Exception as e:  # the download is the only way left; say how to avoid it
         raise DataError(f"{name}: no local IDX files and the download failed ({e}); {hint}") from e
     x, y = (xtr, ytr) if split == "train" else (xte, yte)
-    return Dataset(x.astype(np.float32)[..., None] / 255.0, y.astype(np.int64),
-                   [f"{split}-{i:05d}" for i in range(len(x))], 10)
+    return Dataset(
+        x.astype(np.float32)[..., None] / 255.0,
+        y.astype(np.int64),
+        [f"{split}-{i:05d}" for i in range(len(x))],
+        10,
+    )
 
 
 # ------------------------------------------------------------------------------------------ image files
-def read_image(path: str, size: tuple[int, int] | None = None, channels: int = 3,
-               resize: bool = True) -> np.ndarray:
+def read_image(path: str, size: tuple[int, int] | None = None, channels: int = 3, resize: bool = True) -> np.ndarray:
     """Read one PNG/JPEG as float32 HWC in [0,1]; resize to `size` (H, W) or require it."""
     from PIL import Image, UnidentifiedImageError
 
@@ -172,8 +175,7 @@ def _parse_label(value: str, path: str, row: int, num_classes: int) -> int:
     return label
 
 
-def load_nips17(directory: str, csv_path: str | None = None, num_classes: int = 1001,
-                size: int = 299) -> Dataset:
+def load_nips17(directory: str, csv_path: str | None = None, num_classes: int = 1001, size: int = 299) -> Dataset:
     """NIPS-2017 competition dev set: `<ImageId>.png` (299x299 RGB) listed in `dev_dataset.csv`."""
     if not os.path.isdir(directory):
         raise DataError(f"{directory}: no such directory")
@@ -200,8 +202,7 @@ def _first_existing(directory: str, names: tuple[str, ...]) -> str:
     raise DataError(f"{directory}: none of {names} found")
 
 
-def load_image_folder(directory: str, size: tuple[int, int], channels: int = 3,
-                      num_classes: int = 1001) -> Dataset:
+def load_image_folder(directory: str, size: tuple[int, int], channels: int = 3, num_classes: int = 1001) -> Dataset:
     """Any folder of PNG/JPEG images, resized to `size`; labels from `labels.csv` (filename,label) or
     -1 (unknown: the caller then uses the model's own prediction as the label)."""
     if not os.path.isdir(directory):
@@ -221,8 +222,7 @@ def load_image_folder(directory: str, size: tuple[int, int], channels: int = 3,
     return Dataset(images, labels, [os.path.splitext(n)[0] for n in names], num_classes)
 
 
-def load_dataset(name: str, data_dir: str | None = None, split: str = "test",
-                 image_size: int = 299) -> Dataset:
+def load_dataset(name: str, data_dir: str | None = None, split: str = "test", image_size: int = 299) -> Dataset:
     """Dispatch on the `--dataset` flag: mnist | fashion_mnist | nips17 | folder."""
     if name == "fashion_mnist":
         return load_fashion_mnist(split, data_dir)

@@ -32,8 +32,9 @@ def _check(x, name: str) -> tf.Tensor:
     return x
 
 
-def bilateral_filter(x, sigma_d: float, sigma_r: float, radius: int | None = None, guide=None,
-                     range_mode: str = "joint") -> tf.Tensor:
+def bilateral_filter(
+    x, sigma_d: float, sigma_r: float, radius: int | None = None, guide=None, range_mode: str = "joint"
+) -> tf.Tensor:
     """Bilateral (or, with `guide`, guided/joint bilateral) filter of x (B, H, W, C)."""
     if not sigma_d > 0 or not sigma_r > 0:
         raise ValueError(f"sigma_d={sigma_d}, sigma_r={sigma_r}: both must be positive")
@@ -70,7 +71,11 @@ def _bilateral(x, g, sigma_d, sigma_r, radius, joint):
             diff2 = tf.reduce_sum(diff2, -1, keepdims=True)
         weight = tf.exp(-dist2 / (2 * sigma_d**2) - diff2 / (2 * sigma_r**2)) * take(inside)
         # tf.slice forgets the static batch size; keep the loop variables' shapes fixed.
-        return k + 1, tf.ensure_shape(num + weight * take(x_pad), num.shape), tf.ensure_shape(den + weight, den.shape)
+        return (
+            k + 1,
+            tf.ensure_shape(num + weight * take(x_pad), num.shape),
+            tf.ensure_shape(den + weight, den.shape),
+        )
 
     zeros = tf.zeros_like(x)
     den0 = zeros[..., :1] if joint else zeros
@@ -82,8 +87,14 @@ class BilateralFilter(keras.layers.Layer):
     """Keras layer applying :func:`bilateral_filter` (e.g. as a defence in front of a model, §5.4:
     σ_d = 0.5, σ_r = 0.2 on [0,1] images, radius 5)."""
 
-    def __init__(self, sigma_d: float = 0.5, sigma_r: float = 0.2, radius: int | None = 5,
-                 range_mode: str = "joint", **kwargs):
+    def __init__(
+        self,
+        sigma_d: float = 0.5,
+        sigma_r: float = 0.2,
+        radius: int | None = 5,
+        range_mode: str = "joint",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.sigma_d, self.sigma_r, self.radius, self.range_mode = sigma_d, sigma_r, radius, range_mode
 
@@ -91,5 +102,10 @@ class BilateralFilter(keras.layers.Layer):
         return bilateral_filter(x, self.sigma_d, self.sigma_r, self.radius, range_mode=self.range_mode)
 
     def get_config(self):
-        return {**super().get_config(), "sigma_d": self.sigma_d, "sigma_r": self.sigma_r,
-                "radius": self.radius, "range_mode": self.range_mode}
+        return {
+            **super().get_config(),
+            "sigma_d": self.sigma_d,
+            "sigma_r": self.sigma_r,
+            "radius": self.radius,
+            "range_mode": self.range_mode,
+        }

@@ -44,6 +44,15 @@ def shift(v: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
     return tf.pad(cropped, pads)
 
 
+def stencil_apply(coeffs: tf.Tensor, offsets, v: tf.Tensor) -> tf.Tensor:
+    """v -> W v for W stored as half-offset coefficients (B, H, W, K, G); G broadcasts over v's channels."""
+    out = tf.zeros_like(v)
+    for k, (dy, dx) in enumerate(offsets):
+        c = coeffs[:, :, :, k, :]
+        out += c * shift(v, dy, dx) + shift(c * v, -dy, -dx)
+    return out
+
+
 def _safe_norm(sq: tf.Tensor) -> tf.Tensor:
     """sqrt with a finite gradient at 0 (equal neighbours are common: flat areas)."""
     positive = sq > 0
@@ -66,12 +75,7 @@ class ImageGraph:
 
     def apply(self, v: tf.Tensor, normalized: bool = True) -> tf.Tensor:
         """v -> W v (or the normalised 𝒲 v), batched over images and channels. v: (B, H, W, C)."""
-        coeffs = self.normalized if normalized else self.weights
-        out = tf.zeros_like(v)
-        for k, (dy, dx) in enumerate(self.offsets):
-            c = coeffs[:, :, :, k, :]
-            out += c * shift(v, dy, dx) + shift(c * v, -dy, -dx)
-        return out
+        return stencil_apply(self.normalized if normalized else self.weights, self.offsets, v)
 
     def to_scipy(self, i: int, channel: int = 0, normalized: bool = False):
         """Image i's W (or 𝒲) as a scipy.sparse CSR matrix, n x n, row-major pixel order."""
@@ -108,8 +112,9 @@ def check_guide(x_o, name: str = "x_o") -> tf.Tensor:
     return x_o
 
 
-def image_graph(x_o, neighbors: int = 4, kernel: str = "laplacian", sigma: float = DEFAULT_SIGMA,
-                mode: str = "joint") -> ImageGraph:
+def image_graph(
+    x_o, neighbors: int = 4, kernel: str = "laplacian", sigma: float = DEFAULT_SIGMA, mode: str = "joint"
+) -> ImageGraph:
     """Build the graph of eq. (5) for a batch of guide images x_o (B, H, W, C) in [0, 1]."""
     if neighbors not in HALF_OFFSETS:
         raise ValueError(f"neighbors={neighbors}: expected 4 or 8")

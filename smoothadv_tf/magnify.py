@@ -18,8 +18,7 @@ from smoothadv_tf.filters import bilateral_filter
 EPS = 1e-8  # a constant image has σ_x = σ_Ω = 0 and x - μ = 0: mag is then 0, not 0/0
 
 
-def magnify(x, beta: float = 0.8, sigma_d: float = 5.0, sigma_r: float = 0.2,
-            radius: int | None = None) -> tf.Tensor:
+def magnify(x, beta: float = 0.8, sigma_d: float = 5.0, sigma_r: float = 0.2, radius: int | None = None) -> tf.Tensor:
     """mag(x) of eq. (22) for a batch x (B, H, W, C); unbounded output (see :func:`to_display`)."""
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta={beta}: must be in [0, 1]")

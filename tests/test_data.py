@@ -24,7 +24,10 @@ def test_fashion_mnist_idx(fashion_test):
 def test_uncompressed_idx_and_mnist_data_dir(tmp_path):
     # MNIST code path, exercised on the Fashion-MNIST files (same IDX format), gunzipped
     for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        with gzip.open(os.path.join(data.FASHION_MNIST_DIR, stem + ".gz")) as src, open(tmp_path / stem, "wb") as dst:
+        with (
+            gzip.open(os.path.join(data.FASHION_MNIST_DIR, stem + ".gz")) as src,
+            open(tmp_path / stem, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst)
     ds = data.load_mnist("test", str(tmp_path))
     assert ds.images.shape == (10000, 28, 28, 1) and ds.labels.max() == 9

@@ -40,8 +40,7 @@ def brute_force_weights(x, sigma, kernel):
 def test_graph_matches_brute_force(kernel):
     x = photos(12, 1)[0]
     graph = image_graph(x[None], kernel=kernel, sigma=0.1)
-    np.testing.assert_allclose(graph.to_scipy(0).toarray(), brute_force_weights(x, 0.1, kernel), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(graph.to_scipy(0).toarray(), brute_force_weights(x, 0.1, kernel), rtol=1e-5, atol=1e-7)
 
 
 def test_eight_neighbours_and_per_channel_graph():
@@ -112,8 +111,7 @@ def test_laplacian_is_symmetric_positive_definite(fashion_test):
     assert eig.min() >= 1.0 - 1e-6 and eig.max() <= 1.95 / 0.05 + 1e-3
     # and the stencil product v -> L_α v is that matrix
     v = np.random.default_rng(3).standard_normal((1, 28, 28, 1)).astype(np.float32)
-    np.testing.assert_allclose(s.laplacian(tf.constant(v)).numpy().ravel(), lap @ v.ravel(), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(s.laplacian(tf.constant(v)).numpy().ravel(), lap @ v.ravel(), rtol=1e-4, atol=1e-4)
 
 
 def test_alpha_zero_is_identity(fashion_test):

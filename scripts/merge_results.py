@@ -1,0 +1,40 @@
+"""Merge the per-shard records of one experiment folder and recompute its tables and curves.
+
+python scripts/merge_results.py --results_dir=results/white_box/fashion_mnist-c4
+"""
+
+import glob
+import os
+
+from absl import app, flags
+
+from smoothadv_tf import evaluation, experiment
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("results_dir", None, "an experiment folder holding records-shard*.jsonl", required=True)
+
+
+def main(_):
+    paths = sorted(glob.glob(os.path.join(FLAGS.results_dir, "records-shard*.jsonl")))
+    if not paths:
+        raise app.UsageError(f"{FLAGS.results_dir}: no records-shard*.jsonl files")
+    merged, seen = [], set()
+    for path in paths:
+        for r in evaluation.read_records(path):
+            key = evaluation.record_key(r)
+            if key in seen:
+                raise ValueError(f"{path}: record {key} also appears in another shard")
+            seen.add(key)
+            merged.append(r)
+    store = evaluation.RecordStore(os.path.join(FLAGS.results_dir, "records.jsonl.merging"))
+    store.append(merged)
+    os.replace(store.path, os.path.join(FLAGS.results_dir, "records.jsonl"))
+    judges = sorted({r.get("evaluated_on", "self") for r in merged})
+    for judge in judges:
+        suffix = "" if judge == "self" else judge
+        print(experiment.report(merged, FLAGS.results_dir, f"{FLAGS.results_dir} ({judge})", judge, suffix))
+    print(f"merged {len(paths)} shards, {len(merged)} records -> {FLAGS.results_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

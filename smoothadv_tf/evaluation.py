@@ -1,0 +1,330 @@
+"""The evaluation protocol of paper §5.1 and the resumable, shardable experiment runner.
+
+- Only images the model classifies correctly count: N of N' (accuracy N/N').
+- P_suc = N_suc / N; D̄ is the mean distortion over successes only (eq. 20); the operating characteristic
+  P(D) = |{x in X_suc : D(x) <= D}| / N (eq. 21).
+- Distortion-targeting attacks (FGSM, I-FGSM, PGD₂, sPGD₂) run once per target ε; an image succeeds if any run
+  succeeds, with D the minimum over successful runs. Optimality attacks (C&W, sC&W) run once.
+- Success and D are measured on the 8-bit-quantised adversarial image (see attacks).
+
+Per-image records are JSON lines appended and flushed after each batch, so a killed run loses at most the
+batch in flight and a rerun skips what is recorded. Shards split images by index modulo the shard count.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from absl import logging
+
+from smoothadv_tf import attacks as attacks_lib
+from smoothadv_tf.smoothing import smoothness
+
+DISTORTION_TARGETING = ("fgsm", "ifgsm", "pgd2", "smooth_pgd2")
+# Target lists per preset (ε of each run). MNIST PGD₂ uses D in [1, 6] as the paper's Fig. 2.
+TARGETS = {
+    "mnist": {
+        "fgsm": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+        "ifgsm": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
+        "pgd2": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "smooth_pgd2": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    },
+    "imagenet": {
+        "fgsm": [0.02, 0.04, 0.06, 0.08, 0.1, 0.1255],
+        "ifgsm": [0.02, 0.04, 0.06, 0.08, 0.1, 0.1255],
+        "pgd2": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "smooth_pgd2": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+    },
+}
+
+
+def shard_indices(num_images: int, num_shards: int = 1, shard_index: int = 0) -> np.ndarray:
+    """The deterministic slice of image indices owned by one shard (index modulo num_shards)."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"--num_shards={num_shards}, --shard_index={shard_index}: need 0 <= index < shards")
+    return np.arange(num_images)[np.arange(num_images) % num_shards == shard_index]
+
+
+def attack_runs(attack: str, preset: str, single_run: bool = False) -> list[dict]:
+    """The parameter sets one attack runs with: one per target ε, or the preset alone."""
+    params = attacks_lib.preset(preset, attack)
+    if attack not in DISTORTION_TARGETING or single_run:
+        return [params]
+    return [{**params, "epsilon": eps} for eps in TARGETS[preset][attack]]
+
+
+# ------------------------------------------------------------------------------------------------ records
+class RecordStore:
+    """Append-only JSON-lines file of per-image records, keyed by (evaluated_on, image_id, attack, target)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: list[dict] = []
+        if os.path.exists(path):
+            self.records = read_records(path)
+        self.keys = {record_key(r) for r in self.records}
+
+    def has(self, key) -> bool:
+        return key in self.keys
+
+    def append(self, records: Sequence[dict]) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        with open(self.path, "a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.extend(records)
+        self.keys.update(record_key(r) for r in records)
+
+
+def record_key(r: dict):
+    return (r.get("evaluated_on", "self"), r["image_id"], r["attack"], r.get("target"))
+
+
+def read_records(path: str) -> list[dict]:
+    """Read a records file; a truncated last line (a run killed mid-write) is dropped with a warning."""
+    records = []
+    with open(path) as f:
+        lines = f.readlines()
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                logging.warning("%s: dropping truncated last line %d (run killed mid-write)", path, i + 1)
+                continue
+            raise ValueError(f"{path}: line {i + 1} is not a JSON record ({e})") from e
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+def per_image_outcomes(records: Sequence[dict], evaluated_on: str = "self") -> dict:
+    """{attack: {image_id: minimum successful D or None}} over the images the model classified correctly."""
+    correct = {
+        r["image_id"]
+        for r in records
+        if r["attack"] == "clean" and r.get("evaluated_on", "self") == evaluated_on and r["correct"]
+    }
+    out: dict = defaultdict(dict)
+    for r in records:
+        if r["attack"] == "clean" or r.get("evaluated_on", "self") != evaluated_on or r["image_id"] not in correct:
+            continue
+        best = out[r["attack"]].get(r["image_id"])
+        if r["success"] and (best is None or r["distortion"] < best):
+            best = r["distortion"]
+        out[r["attack"]][r["image_id"]] = best
+    return out
+
+
+def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
+    """Accuracy N/N' and, per attack, P_suc and conditional mean distortion D̄ (eq. 20)."""
+    clean = [r for r in records if r["attack"] == "clean" and r.get("evaluated_on", "self") == evaluated_on]
+    n_total, n_correct = len(clean), sum(bool(r["correct"]) for r in clean)
+    rows = {}
+    for attack, per_image in per_image_outcomes(records, evaluated_on).items():
+        d = np.array([v for v in per_image.values() if v is not None], np.float64)
+        n = len(per_image)
+        rows[attack] = {
+            "attack": attack,
+            "name": attacks_lib.DISPLAY_NAMES.get(attack, attack),
+            "images": n,
+            "successes": int(len(d)),
+            "p_suc": len(d) / n if n else float("nan"),
+            "mean_distortion": float(d.mean()) if len(d) else float("nan"),
+        }
+    ordered = {a: rows[a] for a in attacks_lib.ATTACKS if a in rows}
+    return {
+        "images": n_total,
+        "correct": n_correct,
+        "accuracy": n_correct / n_total if n_total else float("nan"),
+        "evaluated_on": evaluated_on,
+        "attacks": ordered,
+    }
+
+
+def operating_characteristic(distortions: Sequence[float | None], grid: np.ndarray) -> np.ndarray:
+    """P(D) of eq. (21) on a grid: the fraction of all N images that succeed with distortion <= D."""
+    n = len(distortions)
+    d = np.array([v for v in distortions if v is not None], np.float64)
+    return np.array([(d <= g).sum() / n if n else np.nan for g in grid])
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
+    """summary.json, table.md and table.csv; returns the markdown table."""
+    os.makedirs(out_dir, exist_ok=True)
+    _atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    lines = [
+        f"{title}".strip(),
+        "",
+        f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['images']} images)",
+        "",
+        "| attack | P_suc | D̄ | successes / N |",
+        "|---|---|---|---|",
+    ]
+    for row in summary["attacks"].values():
+        lines.append(
+            f"| {row['name']} | {row['p_suc']:.3f} | {row['mean_distortion']:.3f} | "
+            f"{row['successes']}/{row['images']} |"
+        )
+    table = "\n".join(lines).strip() + "\n"
+    _atomic_write(os.path.join(out_dir, "table.md"), table)
+    rows = [["attack", "p_suc", "mean_distortion", "successes", "images", "accuracy"]]
+    rows += [
+        [
+            r["name"],
+            f"{r['p_suc']:.4f}",
+            f"{r['mean_distortion']:.4f}",
+            r["successes"],
+            r["images"],
+            f"{summary['accuracy']:.4f}",
+        ]
+        for r in summary["attacks"].values()
+    ]
+    tmp = os.path.join(out_dir, "table.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, os.path.join(out_dir, "table.csv"))
+    return table
+
+
+def _atomic_write(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def plot_operating_characteristic(
+    records: Sequence[dict], path: str, evaluated_on: str = "self", title: str = ""
+) -> None:
+    """One P(D) curve per attack, as the paper's Fig. 2/3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outcomes = per_image_outcomes(records, evaluated_on)
+    d_max = max([v for per in outcomes.values() for v in per.values() if v is not None], default=1.0)
+    grid = np.linspace(0, d_max * 1.02, 400)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for attack in attacks_lib.ATTACKS:
+        if attack in outcomes:
+            ax.plot(
+                grid,
+                operating_characteristic(list(outcomes[attack].values()), grid),
+                label=attacks_lib.DISPLAY_NAMES[attack],
+                linestyle="--" if attack.startswith("smooth") else "-",
+            )
+    ax.set_xlabel("distortion D (L2, [0,1] pixels)")
+    ax.set_ylabel("P(D): probability of success")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=120)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+# -------------------------------------------------------------------------------------------------- runner
+def run_experiment(
+    model,
+    dataset,
+    attack_names: Sequence[str],
+    preset: str,
+    store: RecordStore,
+    indices: np.ndarray,
+    batch_size: int = 100,
+    single_run: bool = False,
+    evaluate_on: dict[str, Callable] | None = None,
+    save_images_dir: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Attack `model` on dataset[indices] and append per-image records to `store`.
+
+    `evaluate_on` maps names to other models on which the adversarial images are judged instead (transfer,
+    §5.4); by default they are judged on `model` itself ("self"). Images with label -1 take the model's
+    own prediction as their label.
+    """
+    from tqdm import tqdm
+
+    judges = evaluate_on or {"self": model}
+    runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run)]
+    bar = tqdm(total=len(indices) * len(runs), desc="attack runs x images", unit="img", disable=not progress)
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        ids = [dataset.ids[i] for i in idx]
+        x = dataset.images[idx]
+        source_pred = np.argmax(attacks_lib.logits_of(model, x).numpy(), -1)
+        y = np.where(dataset.labels[idx] >= 0, dataset.labels[idx], source_pred)
+        clean = []
+        for judge_name, judge in judges.items():
+            pred = source_pred if judge is model else np.argmax(attacks_lib.logits_of(judge, x).numpy(), -1)
+            for k, image_id in enumerate(ids):
+                if not store.has((judge_name, image_id, "clean", None)):
+                    # In transfer, an image counts only if both the source and the judged model get it right.
+                    correct = bool(pred[k] == y[k] and source_pred[k] == y[k])
+                    clean.append(
+                        {
+                            "evaluated_on": judge_name,
+                            "image_id": image_id,
+                            "attack": "clean",
+                            "target": None,
+                            "label": int(y[k]),
+                            "prediction": int(pred[k]),
+                            "correct": correct,
+                        }
+                    )
+        store.append(clean)
+        for attack, params in runs:
+            target = params.get("epsilon") if attack in DISTORTION_TARGETING else None
+            todo = [k for k, i in enumerate(ids) if any(not store.has((j, i, attack, target)) for j in judges)]
+            bar.update(len(ids) - len(todo))
+            if not todo:
+                continue
+            result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)
+            smooth = smoothness(result.adversarial - x[todo], x[todo]).numpy()
+            new = []
+            for judge_name, judge in judges.items():
+                if judge is model:
+                    success, pred = result.success, result.prediction
+                else:
+                    pred = np.argmax(attacks_lib.logits_of(judge, result.adversarial).numpy(), -1)
+                    success = pred != y[todo]
+                for j, k in enumerate(todo):
+                    new.append(
+                        {
+                            "evaluated_on": judge_name,
+                            "image_id": ids[k],
+                            "attack": attack,
+                            "target": target,
+                            "success": bool(success[j]),
+                            "distortion": float(result.distortion[j]),
+                            "label": int(y[k]),
+                            "prediction": int(pred[j]),
+                            "smoothness": float(smooth[j]),
+                            "iterations": int(result.iterations[j]),
+                        }
+                    )
+            if save_images_dir:
+                _save_pngs(save_images_dir, attack, target, [ids[k] for k in todo], result.adversarial)
+            store.append(new)
+            bar.update(len(todo))
+    bar.close()
+
+
+def _save_pngs(directory: str, attack: str, target, ids: Sequence[str], images: np.ndarray) -> None:
+    from PIL import Image
+
+    sub = os.path.join(directory, attack if target is None else f"{attack}-{target:g}")
+    os.makedirs(sub, exist_ok=True)
+    for image_id, img in zip(ids, images):
+        arr = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(os.path.join(sub, f"{image_id}.png"))

@@ -1,0 +1,95 @@
+"""What the experiment scripts share: the common flags, model loading and the output layout.
+
+Outputs go to ``<output_dir>/<experiment>/<dataset>-<model>/``: ``records.jsonl`` (or one file per shard),
+``summary.json``, ``table.md``, ``table.csv`` and ``operating_characteristic.png``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+
+from smoothadv_tf import attacks as attacks_lib
+from smoothadv_tf import data as data_lib
+from smoothadv_tf import evaluation
+
+FLAGS = flags.FLAGS
+MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+MODEL_NAMES = ("c4", "c4_adv", "inception_v3", "adv_inception_v3", "resnet_v2_50")
+
+
+def define_common_flags(default_attacks=tuple(attacks_lib.ATTACKS), default_num_images=1000) -> None:
+    flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist", "nips17", "folder"], "dataset")
+    flags.DEFINE_string("data_dir", None, "dataset directory (IDX files, NIPS-17 PNGs + CSV, or image folder)")
+    flags.DEFINE_enum("model", "c4", list(MODEL_NAMES), "model to attack")
+    flags.DEFINE_string("checkpoint", None, "checkpoint: .keras file for C4, slim .ckpt prefix for ImageNet models")
+    flags.DEFINE_list("attacks", list(default_attacks), f"comma list from {list(attacks_lib.ATTACKS)}")
+    flags.DEFINE_enum("preset", None, list(attacks_lib.PRESETS), "attack parameters (default: from the dataset)")
+    flags.DEFINE_integer("num_images", default_num_images, "first N test images (before sharding)")
+    flags.DEFINE_integer("batch_size", 100, "images per attack batch")
+    flags.DEFINE_string("output_dir", "results", "root of the results tree")
+    flags.DEFINE_integer("num_shards", 1, "split the images into this many shards")
+    flags.DEFINE_integer("shard_index", 0, "which shard this process runs")
+    flags.DEFINE_integer("seed", 0, "random seed (C4 training)")
+
+
+def preset_for(dataset: str) -> str:
+    return FLAGS.preset or ("mnist" if dataset in ("mnist", "fashion_mnist") else "imagenet")
+
+
+def check_attacks(names) -> list[str]:
+    unknown = [a for a in names if a not in attacks_lib.ATTACKS]
+    if unknown:
+        raise ValueError(f"--attacks: unknown {unknown}; expected names from {list(attacks_lib.ATTACKS)}")
+    return list(names)
+
+
+def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int = 0):
+    """A model with the [0,1] -> logits contract. C4 is trained once per dataset and cached under models/."""
+    if name in ("c4", "c4_adv"):
+        from smoothadv_tf.models import load_or_train_c4
+
+        path = checkpoint or os.path.join(MODELS_DIR, f"{name}_{dataset}.keras")
+        return load_or_train_c4(
+            path,
+            dataset,
+            FLAGS.data_dir if dataset == "mnist" else None,
+            adversarial_training=name == "c4_adv",
+            seed=seed,
+        )
+    from smoothadv_tf.models import slim
+
+    if checkpoint is None:
+        default = os.path.join(MODELS_DIR, slim.CHECKPOINTS[name])
+        raise ValueError(
+            f"--model={name} needs --checkpoint (expected e.g. {default}; "
+            "see models/README.md and scripts/download_checkpoints.py)"
+        )
+    return slim.build(name, checkpoint)
+
+
+def load_data(dataset: str, image_size: int = 299):
+    return data_lib.load_dataset(dataset, FLAGS.data_dir, "test", image_size)
+
+
+def output_dir(experiment: str, dataset: str, model: str) -> str:
+    return os.path.join(FLAGS.output_dir, experiment, f"{dataset}-{model}")
+
+
+def records_path(out_dir: str) -> str:
+    if FLAGS.num_shards == 1:
+        return os.path.join(out_dir, "records.jsonl")
+    return os.path.join(out_dir, f"records-shard{FLAGS.shard_index:04d}-of-{FLAGS.num_shards:04d}.jsonl")
+
+
+def report(records, out_dir: str, title: str, evaluated_on: str = "self", suffix: str = "") -> str:
+    """Write the tables and the operating characteristic; return the markdown table."""
+    summary = evaluation.summarize(records, evaluated_on)
+    target_dir = os.path.join(out_dir, suffix) if suffix else out_dir
+    table = evaluation.write_summary(summary, target_dir, title)
+    evaluation.plot_operating_characteristic(
+        records, os.path.join(target_dir, "operating_characteristic.png"), evaluated_on, title
+    )
+    logging.info("wrote %s", target_dir)
+    return table

@@ -15,7 +15,9 @@ import tensorflow as tf
 
 from smoothadv_tf.filters import bilateral_filter
 
-EPS = 1e-8  # a constant image has σ_x = σ_Ω = 0 and x - μ = 0: mag is then 0, not 0/0
+# A constant image has σ_x = σ_Ω = 0 and x - μ = float32 rounding (~1e-7): a floor of 1e-3 (1/4 of a gray
+# level) maps it to ~0 instead of magnifying the rounding noise or dividing 0 by 0.
+EPS = 1e-3
 
 
 def magnify(x, beta: float = 0.8, sigma_d: float = 5.0, sigma_r: float = 0.2, radius: int | None = None) -> tf.Tensor:

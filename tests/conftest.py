@@ -48,3 +48,22 @@ def fashion_test():
     if not os.path.isdir(data.FASHION_MNIST_DIR):
         pytest.fail(f"{data.FASHION_MNIST_DIR} missing: install the Debian package dataset-fashion-mnist")
     return data.load_fashion_mnist("test")
+
+
+@pytest.fixture(scope="session")
+def c4_model(fashion_test):
+    """A C4 trained for one epoch on half of real Fashion-MNIST's training split (~10 s)."""
+    from smoothadv_tf.models import accuracy, train_c4
+
+    train = data.load_fashion_mnist("train")
+    model = train_c4(train.images[:30000], train.labels[:30000], epochs=1, batch_size=128, seed=0)
+    acc = accuracy(model, fashion_test.images[:2000], fashion_test.labels[:2000])
+    assert acc > 0.75, acc  # a real classifier, not chance
+    return model
+
+
+@pytest.fixture(scope="session")
+def c4_path(c4_model, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("models") / "c4.keras")
+    c4_model.save(path)
+    return path

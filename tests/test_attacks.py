@@ -4,18 +4,7 @@ import numpy as np
 import pytest
 
 from smoothadv_tf import attacks
-from smoothadv_tf.data import load_fashion_mnist
-from smoothadv_tf.models import accuracy, train_c4
 from smoothadv_tf.smoothing import smoothness
-
-
-@pytest.fixture(scope="session")
-def c4_model(fashion_test):
-    train = load_fashion_mnist("train")
-    model = train_c4(train.images[:30000], train.labels[:30000], epochs=1, batch_size=128, seed=0)
-    acc = accuracy(model, fashion_test.images[:2000], fashion_test.labels[:2000])
-    assert acc > 0.75, acc  # a real classifier, not chance
-    return model
 
 
 @pytest.fixture(scope="session")

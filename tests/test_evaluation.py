@@ -1,0 +1,122 @@
+"""The §5.1 protocol on crafted records, and the experiment scripts end to end: resume after a kill, shards."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from smoothadv_tf import evaluation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rec(image_id, attack, success=None, d=None, target=None, correct=True):
+    if attack == "clean":
+        return {"image_id": image_id, "attack": "clean", "target": None, "correct": correct}
+    return {"image_id": image_id, "attack": attack, "target": target, "success": success, "distortion": d}
+
+
+def test_protocol_statistics():
+    records = [rec(i, "clean", correct=i != "d") for i in "abcd"]
+    # PGD₂ swept over two targets: success if any run succeeds, D = the minimum over successful runs
+    records += [
+        rec("a", "pgd2", True, 3.0, 3.0),
+        rec("a", "pgd2", True, 2.0, 2.0),
+        rec("b", "pgd2", False, 1.0, 1.0),
+        rec("b", "pgd2", True, 4.0, 4.0),
+        rec("c", "pgd2", False, 1.0, 1.0),
+        rec("c", "pgd2", False, 5.0, 5.0),
+        rec("d", "pgd2", True, 0.1, 1.0),
+    ]  # misclassified image: not counted
+    records += [
+        rec("a", "carlini_wagner_l2", True, 1.5),
+        rec("b", "carlini_wagner_l2", False, 0.0),
+        rec("c", "carlini_wagner_l2", True, 2.5),
+    ]
+    s = evaluation.summarize(records)
+    assert (s["images"], s["correct"], s["accuracy"]) == (4, 3, 0.75)
+    assert s["attacks"]["pgd2"]["p_suc"] == pytest.approx(2 / 3)
+    assert s["attacks"]["pgd2"]["mean_distortion"] == pytest.approx(3.0)  # (2 + 4) / 2, conditional on success
+    assert s["attacks"]["carlini_wagner_l2"]["mean_distortion"] == pytest.approx(2.0)
+    outcomes = evaluation.per_image_outcomes(records)["pgd2"]
+    p = evaluation.operating_characteristic(list(outcomes.values()), np.array([0.0, 2.0, 3.9, 4.0, 10.0]))
+    np.testing.assert_allclose(p, [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3])  # eq. (21): up to P_suc
+
+
+def test_shards_partition_the_images():
+    parts = [evaluation.shard_indices(103, 4, k) for k in range(4)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(103))
+    with pytest.raises(ValueError, match="shard_index"):
+        evaluation.shard_indices(10, 2, 2)
+
+
+def test_truncated_last_line_is_dropped_but_corruption_elsewhere_is_an_error(tmp_path):
+    path = tmp_path / "records.jsonl"
+    path.write_text(json.dumps(rec("a", "clean")) + "\n" + '{"image_id": "b", "att')
+    assert len(evaluation.read_records(str(path))) == 1
+    path.write_text('{"broken\n' + json.dumps(rec("a", "clean")) + "\n")
+    with pytest.raises(ValueError, match="line 1"):
+        evaluation.read_records(str(path))
+
+
+def _script(name, *args):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    return [sys.executable, os.path.join(ROOT, "scripts", name), *args], env
+
+
+COMMON = [
+    "--dataset=fashion_mnist",
+    "--model=c4",
+    "--attacks=fgsm,pgd2,carlini_wagner_l2",
+    "--num_images=60",
+    "--batch_size=10",
+]
+
+
+@pytest.mark.slow
+def test_white_box_resumes_after_kill_and_shards_merge(tmp_path, c4_path):
+    common = COMMON + [f"--checkpoint={c4_path}"]
+    # 1. uninterrupted
+    cmd, env = _script("white_box.py", *common, f"--output_dir={tmp_path}/full")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    full_dir = tmp_path / "full/white_box/fashion_mnist-c4"
+    full = json.loads((full_dir / "summary.json").read_text())
+    assert full["images"] == 60 and set(full["attacks"]) == {"fgsm", "pgd2", "carlini_wagner_l2"}
+    for name in ("table.md", "table.csv", "operating_characteristic.png"):
+        assert (full_dir / name).stat().st_size > 0
+
+    # 2. killed mid-way (SIGKILL once some batches are recorded), then rerun with the same command
+    cmd, env = _script("white_box.py", *common, f"--output_dir={tmp_path}/killed")
+    records = tmp_path / "killed/white_box/fashion_mnist-c4/records.jsonl"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and len(records.read_text().splitlines()) >= 150:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(evaluation.read_records(str(records)))
+    assert 0 < done_before < 60 * (1 + 6 + 6 + 1)
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    resumed = json.loads((records.parent / "summary.json").read_text())
+    assert resumed == full
+    keys = [evaluation.record_key(r) for r in evaluation.read_records(str(records))]
+    assert len(keys) == len(set(keys))  # nothing attacked twice
+
+    # 3. two shards, merged, give the same table
+    for k in range(2):
+        cmd, env = _script(
+            "white_box.py", *common, f"--output_dir={tmp_path}/sharded", "--num_shards=2", f"--shard_index={k}"
+        )
+        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    cmd, env = _script("merge_results.py", f"--results_dir={tmp_path}/sharded/white_box/fashion_mnist-c4")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    merged = json.loads((tmp_path / "sharded/white_box/fashion_mnist-c4/summary.json").read_text())
+    assert merged == full

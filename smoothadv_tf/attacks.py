@@ -419,8 +419,8 @@ def _optimality_attack(
         def run(x_o, goal, originally_correct, initial_const):
             param = _SmoothPerturbation(x_o, smoothing) if smoothing else _TanhPerturbation(x_o)
             start = param.initial()
-            batch = tf.shape(x_o)[0]
-            inf = tf.fill([batch], np.float32(np.inf))
+            ones = tf.ones_like(goal, dtype=tf.float32)  # per-image vectors keep goal's static shape
+            inf = ones * np.inf
 
             def one_search_step(c, best_x, best_d, used):
                 """Adam from the start point for one value of c per image; returns who succeeded."""
@@ -469,7 +469,7 @@ def _optimality_attack(
                     zeros,
                     originally_correct,
                     inf,
-                    tf.zeros([batch], tf.bool),
+                    tf.zeros_like(originally_correct),
                     best_x,
                     best_d,
                     used,
@@ -485,15 +485,15 @@ def _optimality_attack(
                 c = tf.where(upper < LARGE, (lower + upper) / 2.0, c * 10.0)
                 return step + 1, c, lower, upper, best_x, best_d, used
 
-            c0 = tf.fill([batch], initial_const)
+            c0 = ones * initial_const
             state = (
                 tf.constant(0),
                 c0,
-                tf.zeros([batch]),
-                tf.fill([batch], LARGE),
+                0.0 * ones,
+                ones * LARGE,
                 x_o,
                 inf,
-                tf.zeros([batch], tf.int64),
+                tf.zeros_like(goal, tf.int64),
             )
             state = tf.while_loop(lambda step, *_: step < binary_search_steps, search, state)
             return state[4], state[6]  # failures keep x_o: "if there is none, the attack fails"

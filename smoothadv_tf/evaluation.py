@@ -283,6 +283,8 @@ def run_experiment(
                         }
                     )
         store.append(clean)
+        if save_images_dir:
+            _save_pngs(save_images_dir, "original", None, ids, x)
         for attack, params in runs:
             target = params.get("epsilon") if attack in DISTORTION_TARGETING else None
             todo = [k for k, i in enumerate(ids) if any(not store.has((j, i, attack, target)) for j in judges)]

@@ -1,0 +1,34 @@
+# Two commands do everything, on a fresh machine too: `make demo` (the main job) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint data clean-results
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+# Real Fashion-MNIST from Debian (IDX files in /usr/share/datasets/fashion-mnist) where apt is available.
+data:
+	@test -d /usr/share/datasets/fashion-mnist || { command -v apt-get >/dev/null && \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) ; } || \
+	  echo "Fashion-MNIST IDX files not found and apt-get unavailable: the loader will try keras.datasets"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) data lint
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q tests
+
+# The main job: train C4 on Fashion-MNIST once (cached in models/), attack 300 test images with all six
+# attacks, print Table 1, write tables, curves and example panels under results/.
+demo: $(STAMP) data
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) scripts/white_box.py --dataset=fashion_mnist --model=c4 --num_images=300 --save_images --output_dir=results/demo
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) scripts/examples.py --dataset=fashion_mnist --model=c4 --output_dir=results/demo
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) scripts/magnify.py --images_dir=results/demo/white_box/fashion_mnist-c4/images --image_id=test-00000

@@ -1,0 +1,83 @@
+"""Figures 4/5: for each attack, the image with the strongest distortion D of a white-box run: original,
+adversarial, and the perturbation scaled per channel to [0, 1]; titles in green for success, red for failure.
+
+    python scripts/examples.py --dataset=fashion_mnist --model=c4      # after scripts/white_box.py
+
+The adversarial images are recomputed from the recorded attack parameters (the attacks are deterministic).
+"""
+
+import os
+
+import numpy as np
+from absl import app, flags
+
+from smoothadv_tf import attacks as attacks_lib
+from smoothadv_tf import evaluation, experiment
+
+FLAGS = flags.FLAGS
+experiment.define_common_flags()
+
+
+def strongest(records, attack):
+    """(image_id, target) of the largest per-image distortion among successes (or any run, if none)."""
+    outcomes = evaluation.per_image_outcomes(records)[attack]
+    successes = {i: d for i, d in outcomes.items() if d is not None}
+    if successes:
+        image_id = max(successes, key=successes.get)
+        run = min(
+            (r for r in records if r["image_id"] == image_id and r["attack"] == attack and r["success"]),
+            key=lambda r: r["distortion"],
+        )
+    else:
+        run = max(
+            (r for r in records if r["attack"] == attack and r["image_id"] in outcomes), key=lambda r: r["distortion"]
+        )
+    return run["image_id"], run.get("target")
+
+
+def main(_):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = experiment.output_dir("white_box", FLAGS.dataset, FLAGS.model)
+    path = os.path.join(out_dir, "records.jsonl")
+    if not os.path.exists(path):
+        raise app.UsageError(f"{path} not found: run scripts/white_box.py with the same flags first")
+    records = evaluation.read_records(path)
+    dataset = experiment.load_data(FLAGS.dataset)
+    index = {image_id: k for k, image_id in enumerate(dataset.ids)}
+    model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
+    preset = experiment.preset_for(FLAGS.dataset)
+    attacks = [a for a in experiment.check_attacks(FLAGS.attacks) if a in evaluation.per_image_outcomes(records)]
+    fig, axes = plt.subplots(len(attacks), 3, figsize=(6.6, 2.3 * len(attacks)), squeeze=False)
+    for row, attack in enumerate(attacks):
+        image_id, target = strongest(records, attack)
+        params = attacks_lib.preset(preset, attack, **({"epsilon": target} if target is not None else {}))
+        k = index[image_id]
+        x, y = dataset.images[k : k + 1], dataset.labels[k : k + 1]
+        result = attacks_lib.run_attack(attack, model, x, y, **params)
+        r = result.adversarial[0] - x[0]
+        lo, hi = r.min(axis=(0, 1)), r.max(axis=(0, 1))
+        scaled = (r - lo) / np.where(hi > lo, hi - lo, 1.0)
+        color = "green" if result.success[0] else "red"
+        panels = [
+            (x[0], f"original {image_id}"),
+            (result.adversarial[0], attacks_lib.DISPLAY_NAMES[attack]),
+            (scaled, f"D = {result.distortion[0]:.2f}"),
+        ]
+        for col, (img, title) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title, color=color if col else "black", fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    target_path = os.path.join(out_dir, "examples.png")
+    fig.savefig(target_path + ".tmp.png", dpi=110)
+    os.replace(target_path + ".tmp.png", target_path)
+    print(f"wrote {target_path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

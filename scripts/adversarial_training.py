@@ -26,7 +26,14 @@ def main(_):
     store = evaluation.RecordStore(experiment.records_path(out_dir))
     indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
     evaluation.run_experiment(
-        model, dataset, attacks, experiment.preset_for(FLAGS.dataset), store, indices, FLAGS.batch_size
+        model,
+        dataset,
+        attacks,
+        experiment.preset_for(FLAGS.dataset),
+        store,
+        indices,
+        FLAGS.batch_size,
+        overrides=experiment.attack_overrides(),
     )
     if FLAGS.num_shards == 1:
         print(experiment.report(store.records, out_dir, f"Adversarially trained: {FLAGS.dataset} / {FLAGS.model}"))

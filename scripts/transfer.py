@@ -46,6 +46,7 @@ def main(_):
         indices,
         FLAGS.batch_size,
         single_run=True,
+        overrides=experiment.attack_overrides(),
         evaluate_on=judges,
     )
     if FLAGS.num_shards == 1:

@@ -34,6 +34,7 @@ def main(_):
         indices,
         FLAGS.batch_size,
         save_images_dir=f"{out_dir}/images" if FLAGS.save_images else None,
+        overrides=experiment.attack_overrides(),
     )
     if FLAGS.num_shards > 1:
         print(f"shard {FLAGS.shard_index}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")

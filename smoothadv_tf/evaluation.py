@@ -50,10 +50,14 @@ def shard_indices(num_images: int, num_shards: int = 1, shard_index: int = 0) ->
     return np.arange(num_images)[np.arange(num_images) % num_shards == shard_index]
 
 
-def attack_runs(attack: str, preset: str, single_run: bool = False) -> list[dict]:
-    """The parameter sets one attack runs with: one per target ε, or the preset alone."""
-    params = attacks_lib.preset(preset, attack)
-    if attack not in DISTORTION_TARGETING or single_run:
+def attack_runs(attack: str, preset: str, single_run: bool = False, overrides: dict | None = None) -> list[dict]:
+    """The parameter sets one attack runs with: one per target ε, or the preset alone. `overrides` (e.g.
+    ``{"iterations": 20}``) apply to every attack that takes the parameter; ε in overrides disables the sweep."""
+    import inspect
+
+    accepted = inspect.signature(attacks_lib.ATTACKS[attack]).parameters
+    params = attacks_lib.preset(preset, attack, **{k: v for k, v in (overrides or {}).items() if k in accepted})
+    if attack not in DISTORTION_TARGETING or single_run or "epsilon" in (overrides or {}):
         return [params]
     return [{**params, "epsilon": eps} for eps in TARGETS[preset][attack]]
 
@@ -246,6 +250,7 @@ def run_experiment(
     evaluate_on: dict[str, Callable] | None = None,
     save_images_dir: str | None = None,
     progress: bool = True,
+    overrides: dict | None = None,
 ) -> None:
     """Attack `model` on dataset[indices] and append per-image records to `store`.
 
@@ -256,7 +261,7 @@ def run_experiment(
     from tqdm import tqdm
 
     judges = evaluate_on or {"self": model}
-    runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run)]
+    runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run, overrides)]
     bar = tqdm(total=len(indices) * len(runs), desc="attack runs x images", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]

@@ -6,6 +6,7 @@ Outputs go to ``<output_dir>/<experiment>/<dataset>-<model>/``: ``records.jsonl`
 
 from __future__ import annotations
 
+import inspect
 import os
 
 from absl import flags, logging
@@ -32,6 +33,34 @@ def define_common_flags(default_attacks=tuple(attacks_lib.ATTACKS), default_num_
     flags.DEFINE_integer("num_shards", 1, "split the images into this many shards")
     flags.DEFINE_integer("shard_index", 0, "which shard this process runs")
     flags.DEFINE_integer("seed", 0, "random seed (C4 training)")
+    flags.DEFINE_list(
+        "attack_params",
+        [],
+        "preset overrides as key=value, applied to every attack taking the key, "
+        "e.g. iterations=20,binary_search_steps=3,cg_iterations=30",
+    )
+
+
+def attack_overrides() -> dict:
+    """Parse --attack_params (numbers become int/float, true/false booleans)."""
+    out = {}
+    for item in FLAGS.attack_params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--attack_params: {item!r} is not key=value")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    known = {p for fn in attacks_lib.ATTACKS.values() for p in inspect.signature(fn).parameters}
+    unknown = sorted(set(out) - known)
+    if unknown:
+        raise ValueError(f"--attack_params: no attack takes {unknown}")
+    return out
 
 
 def preset_for(dataset: str) -> str:

@@ -233,3 +233,11 @@ def test_invalid_input_raises_clear_errors(fashion_test):
         s(np.zeros((28, 28, 1), np.float32))
     with pytest.raises(ValueError, match="over 4096"):
         Smoother(photos(80, 1), alpha=0.5, solver="dense")
+
+
+def test_early_stop_tolerance(photo299):
+    z = np.random.default_rng(11).standard_normal(photo299.shape).astype(np.float32)
+    exact = Smoother(photo299, alpha=0.95, iterations=400).solve(z).numpy()
+    loose = Smoother(photo299, alpha=0.95, iterations=400, tol=1e-2).solve(z).numpy()
+    err = np.linalg.norm(loose - exact) / np.linalg.norm(exact)
+    assert 1e-5 < err < 5e-2  # stopped early, per column, near the requested relative residual

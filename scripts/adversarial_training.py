@@ -9,7 +9,7 @@ With --model=c4_adv and no checkpoint, the adversarially trained C4 is trained o
 
 from absl import app, flags
 
-from smoothadv_tf import evaluation, experiment
+from smoothadv_tf import experiment
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags()
@@ -19,24 +19,12 @@ FLAGS.set_default("model", "c4_adv")
 def main(_):
     if FLAGS.model not in ("c4_adv", "adv_inception_v3"):
         raise app.UsageError(f"--model={FLAGS.model}: this experiment attacks c4_adv or adv_inception_v3")
-    attacks = experiment.check_attacks(FLAGS.attacks)
+    experiment.check_attacks(FLAGS.attacks)
     dataset = experiment.load_data(FLAGS.dataset)
     model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    out_dir = experiment.output_dir("adversarial_training", FLAGS.dataset, FLAGS.model)
-    store = evaluation.RecordStore(experiment.records_path(out_dir))
-    indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
-    evaluation.run_experiment(
-        model,
-        dataset,
-        attacks,
-        experiment.preset_for(FLAGS.dataset),
-        store,
-        indices,
-        FLAGS.batch_size,
-        overrides=experiment.attack_overrides(),
-    )
-    if FLAGS.num_shards == 1:
-        print(experiment.report(store.records, out_dir, f"Adversarially trained: {FLAGS.dataset} / {FLAGS.model}"))
+    records, out_dir = experiment.run("adversarial_training", model, dataset)
+    if records is not None:
+        print(experiment.report(records, out_dir, f"Adversarially trained: {FLAGS.dataset} / {FLAGS.model}"))
         print(f"results in {out_dir}")
 
 

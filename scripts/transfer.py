@@ -12,7 +12,7 @@ An image counts when both the source and the judged model classify it correctly.
 import keras
 from absl import app, flags
 
-from smoothadv_tf import evaluation, experiment
+from smoothadv_tf import experiment
 from smoothadv_tf.filters import BilateralFilter
 
 FLAGS = flags.FLAGS
@@ -26,7 +26,7 @@ flags.DEFINE_integer("bilateral_radius", 5, "bilateral defence: window radius")
 def main(_):
     if FLAGS.model not in ("c4", "inception_v3"):
         raise app.UsageError(f"--model={FLAGS.model}: the transfer source is c4 or inception_v3")
-    attacks = experiment.check_attacks(FLAGS.attacks)
+    experiment.check_attacks(FLAGS.attacks)
     dataset = experiment.load_data(FLAGS.dataset)
     source = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
     adv_name = "c4_adv" if FLAGS.model == "c4" else "adv_inception_v3"
@@ -34,24 +34,10 @@ def main(_):
     bilateral = BilateralFilter(FLAGS.bilateral_sigma_d, FLAGS.bilateral_sigma_r, FLAGS.bilateral_radius)
     defended = keras.Sequential([bilateral, source])
     judges = {"bilateral": defended, "adversarially_trained": adversarially_trained}
-    out_dir = experiment.output_dir("transfer", FLAGS.dataset, FLAGS.model)
-    store = evaluation.RecordStore(experiment.records_path(out_dir))
-    indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
-    evaluation.run_experiment(
-        source,
-        dataset,
-        attacks,
-        experiment.preset_for(FLAGS.dataset),
-        store,
-        indices,
-        FLAGS.batch_size,
-        single_run=True,
-        overrides=experiment.attack_overrides(),
-        evaluate_on=judges,
-    )
-    if FLAGS.num_shards == 1:
+    records, out_dir = experiment.run("transfer", source, dataset, single_run=True, evaluate_on=judges)
+    if records is not None:
         for name in judges:
-            print(experiment.report(store.records, out_dir, f"Transfer {FLAGS.model} -> {name}", name, suffix=name))
+            print(experiment.report(records, out_dir, f"Transfer {FLAGS.model} -> {name}", name, suffix=name))
         print(f"results in {out_dir}")
 
 

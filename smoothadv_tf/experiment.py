@@ -122,3 +122,29 @@ def report(records, out_dir: str, title: str, evaluated_on: str = "self", suffix
     )
     logging.info("wrote %s", target_dir)
     return table
+
+
+def run(experiment: str, model, dataset, *, single_run: bool = False, evaluate_on=None, save_images: bool = False):
+    """Run (or resume) this process's shard of an experiment from the common flags; return (records, out_dir).
+
+    The records are None for a shard of several (merge them with scripts/merge_results.py)."""
+    out_dir = output_dir(experiment, FLAGS.dataset, FLAGS.model)
+    store = evaluation.RecordStore(records_path(out_dir))
+    indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
+    evaluation.run_experiment(
+        model,
+        dataset,
+        check_attacks(FLAGS.attacks),
+        preset_for(FLAGS.dataset),
+        store,
+        indices,
+        FLAGS.batch_size,
+        single_run=single_run,
+        evaluate_on=evaluate_on,
+        save_images_dir=f"{out_dir}/images" if save_images else None,
+        overrides=attack_overrides(),
+    )
+    if FLAGS.num_shards > 1:
+        print(f"shard {FLAGS.shard_index}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")
+        return None, out_dir
+    return store.records, out_dir

@@ -124,10 +124,20 @@ def report(records, out_dir: str, title: str, evaluated_on: str = "self", suffix
     return table
 
 
-def run(experiment: str, model, dataset, *, single_run: bool = False, evaluate_on=None, save_images: bool = False):
+def run(
+    experiment: str,
+    model,
+    dataset,
+    *,
+    single_run: bool = False,
+    evaluate_on=None,
+    save_images: bool = False,
+    defaults: dict | None = None,
+):
     """Run (or resume) this process's shard of an experiment from the common flags; return (records, out_dir).
 
-    The records are None for a shard of several (merge them with scripts/merge_results.py)."""
+    `defaults` are attack-parameter overrides of the experiment itself (--attack_params still wins). The
+    records are None for a shard of several (merge them with scripts/merge_results.py)."""
     out_dir = output_dir(experiment, FLAGS.dataset, FLAGS.model)
     store = evaluation.RecordStore(records_path(out_dir))
     indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
@@ -142,7 +152,7 @@ def run(experiment: str, model, dataset, *, single_run: bool = False, evaluate_o
         single_run=single_run,
         evaluate_on=evaluate_on,
         save_images_dir=f"{out_dir}/images" if save_images else None,
-        overrides=attack_overrides(),
+        overrides={**(defaults or {}), **attack_overrides()},
     )
     if FLAGS.num_shards > 1:
         print(f"shard {FLAGS.shard_index}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")

@@ -41,6 +41,33 @@ def load(path_or_name: str) -> np.ndarray:
     return img.astype(np.float32) / 255.0
 
 
+def attack_runs_to_show(images_dir: str, image_id: str) -> list[str]:
+    """One folder per attack: the run the protocol keeps for this image (its least-distortion success, from
+    the experiment's records.jsonl beside images/), else the attack's last run."""
+    from smoothadv_tf import attacks as attacks_lib
+    from smoothadv_tf import evaluation
+
+    folders = sorted(
+        os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(images_dir, "*", f"{image_id}.png"))
+    )
+    records_path = os.path.join(os.path.dirname(os.path.normpath(images_dir)), "records.jsonl")
+    records = evaluation.read_records(records_path) if os.path.exists(records_path) else []
+    chosen = []
+    for attack in attacks_lib.ATTACKS:
+        runs = [f for f in folders if f == attack or f.startswith(attack + "-")]
+        if not runs:
+            continue
+        wins = [r for r in records if r["image_id"] == image_id and r["attack"] == attack and r.get("success")]
+        if wins:
+            best = min(wins, key=lambda r: r["distortion"])
+            name = attack if best["target"] is None else f"{attack}-{best['target']:g}"
+            if name in runs:
+                chosen.append(name)
+                continue
+        chosen.append(runs[-1])
+    return chosen
+
+
 def main(_):
     import matplotlib
 
@@ -54,10 +81,8 @@ def main(_):
         if not os.path.exists(original):
             raise app.UsageError(f"{original} not found")
         panels = [("original", load(original))]
-        for path in sorted(glob.glob(os.path.join(FLAGS.images_dir, "*", f"{FLAGS.image_id}.png"))):
-            name = os.path.basename(os.path.dirname(path))
-            if name != "original":
-                panels.append((name, load(path)))
+        for name in attack_runs_to_show(FLAGS.images_dir, FLAGS.image_id):
+            panels.append((name, load(os.path.join(FLAGS.images_dir, name, f"{FLAGS.image_id}.png"))))
         output = FLAGS.output or os.path.join(FLAGS.images_dir, f"magnify_{FLAGS.image_id}.png")
     elif FLAGS.image:
         panels = [("original", load(FLAGS.image))]

@@ -124,11 +124,11 @@ def smoothing_cost_on_inception(num_images):
         fn = attacks.ATTACKS[name.split("/")[0]]
         params = attacks.preset("imagenet", name.split("/")[0], binary_search_steps=1, abort_early=False, **extra)
         per_run = {}
-        for iterations in (2, 6):
+        for iterations in (3, 11):
             params["iterations"] = iterations
             fn(model, x, y, **params)  # trace
             per_run[iterations] = timed(lambda p=dict(params), f=fn: f(model, x, y, **p))[1]
-        out[name] = (per_run[6] - per_run[2]) / 4 / num_images  # seconds per iteration per image
+        out[name] = (per_run[11] - per_run[3]) / 8 / num_images  # seconds per iteration per image
     return out
 
 

@@ -57,7 +57,7 @@ def peer_comparison(model, x, y):
         stepsize=0.1,
         confidence=1.0,
         initial_const=15.0,
-        abort_early=True,
+        abort_early=False,
     )
     ours_budget = dict(
         binary_search_steps=FLAGS.binary_search_steps,
@@ -65,7 +65,7 @@ def peer_comparison(model, x, y):
         learning_rate=0.1,
         margin=1.0,
         initial_const=15.0,
-        abort_early=True,
+        abort_early=False,
         quantize=False,
     )
     xt, yt = tf.constant(x), tf.constant(y)

@@ -11,7 +11,9 @@ Two loops implement the four iterative attacks, each differing from its smooth v
   normalisation, sPGD₂ (eq. 12).
 - :func:`_optimality_attack` (eq. 4 / 13 / 18): C&W with the perturbation r = (tanh(w) + 1)/2 - x_o, and sC&W
   with r = ŝ_α(z), z initialised at 0 and x = c(x_o + r) clipped to [0, 1]. Both use Adam, a per-image binary
-  search over c = 1/λ, early abort, and keep the least-distortion successful iterate.
+  search over c = 1/λ, and keep the least-distortion successful iterate. C&W's early abort is available per
+  image but off by default: a batch runs while any image is active, so it saved no time here, and on
+  Fashion-MNIST it raised C&W's mean distortion from 0.81 to 0.93 by stopping images too soon.
 Each loop runs in one `tf.function` (binary search included): no host round trip per step.
 """
 
@@ -384,7 +386,7 @@ def _optimality_attack(
     initial_const=15.0,
     binary_search_steps=5,
     iterations=100,
-    abort_early=True,
+    abort_early=False,
     target=None,
     quantize_output=True,
     beta1=0.9,
@@ -444,14 +446,13 @@ def _optimality_attack(
                     best_x = tf.where(_per_image(better), judged, best_x)
                     best_d = tf.where(better, dist, best_d)
                     succeeded = succeeded | hit
-                    # Early abort as in C&W's reference code (and foolbox): every tenth of the run, stop the
-                    # batch once its total loss no longer decreases. (Stopping images one by one saves no time in
-                    # a batch, which runs while any image is active, and measurably raised D̄.)
+                    # Early abort (C&W), per image so that an image's result never depends on its batch-mates
+                    # (resumed and sharded runs reproduce a single run): every tenth of the run, freeze the
+                    # images whose loss no longer decreases.
                     if abort_early:
                         checkpoint = (k > 0) & (k % check_every == 0)
-                        total = tf.reduce_sum(tf.where(active, per_image, tf.zeros_like(per_image)))
-                        active = active & ~(checkpoint & (total > 0.9999 * prev))
-                        prev = tf.where(checkpoint, total, prev)
+                        active = active & ~(checkpoint & (per_image > 0.9999 * prev))
+                        prev = tf.where(checkpoint, per_image, prev)
                     # Adam, frozen for inactive images.
                     t = tf.cast(k + 1, tf.float32)
                     m_new = beta1 * m + (1 - beta1) * grad
@@ -470,7 +471,7 @@ def _optimality_attack(
                     zeros,
                     zeros,
                     originally_correct,
-                    tf.constant(np.inf, tf.float32),  # total loss at the last abort check
+                    inf,  # each image's loss at the last abort check
                     tf.zeros_like(originally_correct),
                     best_x,
                     best_d,
@@ -524,7 +525,7 @@ def carlini_wagner_l2(
     initial_const=15.0,
     binary_search_steps=5,
     iterations=100,
-    abort_early=True,
+    abort_early=False,
     target=None,
     quantize=True,
 ) -> AttackResult:
@@ -559,7 +560,7 @@ def smooth_carlini_wagner_l2(
     initial_const=15.0,
     binary_search_steps=5,
     iterations=100,
-    abort_early=True,
+    abort_early=False,
     target=None,
     quantize=True,
 ) -> AttackResult:

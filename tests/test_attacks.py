@@ -134,3 +134,16 @@ def test_zero_budget_and_bad_input(c4_model, batch):
         attacks.fgsm(c4_model, x, y[:3])
     with pytest.raises(ValueError, match="preset"):
         attacks.preset("cifar", "fgsm")
+
+
+def test_results_do_not_depend_on_batch_mates(c4_model, batch):
+    """Resumed and sharded runs re-batch images: an image's result must not depend on the others (also with
+    the per-image early abort)."""
+    x, y = batch
+    params = attacks.preset("mnist", "carlini_wagner_l2", iterations=40, binary_search_steps=2, abort_early=True)
+    together = attacks.carlini_wagner_l2(c4_model, x[:20], y[:20], **params)
+    alone = attacks.carlini_wagner_l2(c4_model, x[:8], y[:8], **params)
+    np.testing.assert_array_equal(together.success[:8], alone.success)
+    np.testing.assert_allclose(together.distortion[:8], alone.distortion, atol=1e-4)
+    assert (together.iterations[:8] == alone.iterations).all()
+    assert together.iterations[together.originally_correct].min() < 80  # the abort did stop some images

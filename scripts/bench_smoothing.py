@@ -3,6 +3,8 @@
 Prints a table and writes JSON: ms per image for the forward solve and for forward+backward (autodiff and
 implicit gradients), per batch size, next to scipy's CG (same W, same iteration count, one channel at a time),
 plus peak process memory and the fraction of a measured memory-copy bandwidth the forward pass reaches.
+The guide's graph and s_α(1) are built once per batch ("setup", reported apart); every timed function runs
+round-robin with the others, so that a slow spell of the machine hits all of them alike.
 
     python scripts/bench_smoothing.py --size=299 --batch_sizes=1,16 --iterations=50
 """
@@ -14,21 +16,24 @@ import os
 import resource
 import time
 
-import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as sla
-import tensorflow as tf
-from absl import app, flags, logging
+# scipy's CG calls BLAS on 89401-long vectors, too short to gain from threads; OpenBLAS's idle threads
+# otherwise spin after each call and steal a core from whatever is timed next (scipy was also slower).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from smoothadv_tf.smoothing import Smoother
+import numpy as np  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import scipy.sparse.linalg as sla  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from smoothadv_tf.smoothing import Smoother  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 299, "image side (pixels)")
 flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to time")
 flags.DEFINE_integer("iterations", 50, "CG iterations")
 flags.DEFINE_float("alpha", 0.997, "smoothing α (ImageNet preset)")
-flags.DEFINE_integer("repeats", 5, "timed repeats (median reported)")
-flags.DEFINE_boolean("jit", True, "compile with XLA")
+flags.DEFINE_integer("repeats", 7, "timed rounds (median reported)")
 flags.DEFINE_string("output", "results/bench_smoothing.json", "JSON output path")
 
 
@@ -42,14 +47,21 @@ def real_photos(size: int, count: int) -> np.ndarray:
     return np.stack([photos[i % len(photos)] for i in range(count)]).astype(np.float32)
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()  # compile / warm up
-    times = []
+def interleaved_ms(fns: dict, repeats: int, block: int = 3) -> dict:
+    """Median wall time (ms) of each function, timed round-robin so that machine noise hits all alike.
+
+    Each round times `block` back-to-back calls of each function (steady state, as in a loop).
+    """
+    for fn in fns.values():
+        fn()  # compile / warm up
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times))
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(block):
+                fn()
+            times[name].append((time.perf_counter() - t) / block)
+    return {name: 1000.0 * float(np.median(ts)) for name, ts in times.items()}
 
 
 def copy_bandwidth_gbs() -> float:
@@ -66,7 +78,8 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def scipy_ms_per_image(x: np.ndarray, z: np.ndarray, alpha: float, iterations: int) -> float:
+def scipy_cg(x: np.ndarray, z: np.ndarray, alpha: float, iterations: int):
+    """A function running scipy's CG on image 0's L_α (the identical graph), one channel at a time."""
     smoother = Smoother(x[:1], alpha=alpha, iterations=1)
     w = smoother.graph.to_scipy(0)
     deg = np.maximum(np.asarray(w.sum(axis=1)).ravel(), 1e-20)
@@ -78,7 +91,7 @@ def scipy_ms_per_image(x: np.ndarray, z: np.ndarray, alpha: float, iterations: i
         for b in rhs:
             sla.cg(lap, b, rtol=0.0, atol=0.0, maxiter=iterations)
 
-    return median_ms(run, FLAGS.repeats)
+    return run
 
 
 def main(_):
@@ -89,63 +102,80 @@ def main(_):
         "size": FLAGS.size,
         "iterations": FLAGS.iterations,
         "alpha": FLAGS.alpha,
-        "jit": FLAGS.jit,
         "rows": [],
     }
     bandwidth = copy_bandwidth_gbs()
     results["copy_bandwidth_gbs"] = bandwidth
     x_all = real_photos(FLAGS.size, max(int(b) for b in FLAGS.batch_sizes))
     z_all = np.random.default_rng(0).standard_normal(x_all.shape).astype(np.float32)
-    scipy_ms = scipy_ms_per_image(x_all, z_all, FLAGS.alpha, FLAGS.iterations)
+    options = dict(alpha=FLAGS.alpha, iterations=FLAGS.iterations)
+    fns = {"scipy": scipy_cg(x_all, z_all, FLAGS.alpha, FLAGS.iterations)}
+    setup_ms = {}
+    for batch in (int(b) for b in FLAGS.batch_sizes):
+        x, z = tf.constant(x_all[:batch]), tf.constant(z_all[:batch])
+        # The guide's graph and normaliser s_α(1) are built once per batch of guide images (setup), then
+        # reused for every solve, as in sPGD₂ / sC&W: time them apart.
+        t = time.perf_counter()
+        smoothers = {g: Smoother(x, gradient=g, **options) for g in ("autodiff", "implicit")}
+        float(tf.reduce_sum(smoothers["autodiff"]._normaliser))
+        setup_ms[batch] = 1000.0 * (time.perf_counter() - t) / 2
+
+        # The inner solves are XLA-compiled already; the outer tf.function only removes eager overhead.
+        forward = tf.function(lambda z, s=smoothers["autodiff"]: s.solve(z, stop_gradient=True))
+
+        @tf.function
+        def recording_forward(z, s=smoothers["autodiff"]):
+            with tf.GradientTape() as tape:  # a tape is watching: autodiff records its trajectory
+                tape.watch(z)
+                return s.solve(z)
+
+        fns[f"forward/{batch}"] = lambda z=z, f=forward: f(z).numpy()
+        fns[f"recording_forward/{batch}"] = lambda z=z, f=recording_forward: f(z).numpy()
+        for gradient, smoother in smoothers.items():
+
+            @tf.function
+            def forward_backward(z, s=smoother):
+                with tf.GradientTape() as tape:
+                    tape.watch(z)
+                    out = s.solve(z)
+                    loss = tf.reduce_sum(out * out)
+                return tape.gradient(loss, z)
+
+            fns[f"{gradient}/{batch}"] = lambda z=z, f=forward_backward: f(z).numpy()
+    ms = interleaved_ms(fns, FLAGS.repeats)
+    scipy_ms = ms["scipy"]
     results["scipy_cg_ms_per_image"] = scipy_ms
 
     for batch in (int(b) for b in FLAGS.batch_sizes):
-        x, z = tf.constant(x_all[:batch]), tf.constant(z_all[:batch])
-        row = {"batch": batch}
+        fwd = ms[f"forward/{batch}"] / batch
+        row = {
+            "batch": batch,
+            "setup_ms_per_image": setup_ms[batch] / batch,
+            "forward_ms_per_image": fwd,
+            "recording_forward_ms_per_image": ms[f"recording_forward/{batch}"] / batch,
+            "speedup_vs_scipy": scipy_ms / fwd,
+        }
         for gradient in ("autodiff", "implicit"):
-
-            @tf.function(jit_compile=FLAGS.jit)
-            def forward(x, z, gradient=gradient):
-                return Smoother(x, alpha=FLAGS.alpha, iterations=FLAGS.iterations, gradient=gradient).solve(z)
-
-            @tf.function(jit_compile=FLAGS.jit)
-            def forward_backward(x, z, gradient=gradient):
-                with tf.GradientTape() as tape:
-                    tape.watch(z)
-                    s = Smoother(x, alpha=FLAGS.alpha, iterations=FLAGS.iterations, gradient=gradient).solve(z)
-                    loss = tf.reduce_sum(s * s)
-                return tape.gradient(loss, z)
-
-            if gradient == "autodiff":  # the forward pass is the same solve for both modes
-                row["forward_ms_per_image"] = (
-                    median_ms(lambda x=x, z=z, f=forward: f(x, z).numpy(), FLAGS.repeats) / batch
-                )
-            row[f"fwd_bwd_{gradient}_ms_per_image"] = (
-                median_ms(lambda x=x, z=z, f=forward_backward: f(x, z).numpy(), FLAGS.repeats) / batch
-            )
+            row[f"fwd_bwd_{gradient}_ms_per_image"] = ms[f"{gradient}/{batch}"] / batch
+            # backward alone = (forward+backward) - plain forward: autodiff's recording overhead counts as backward
+            row[f"backward_ratio_{gradient}"] = (row[f"fwd_bwd_{gradient}_ms_per_image"] - fwd) / fwd
         # Bytes a bandwidth-bound CG must touch per iteration: ~10 image-sized float32 arrays read or written.
         bytes_per_image = FLAGS.iterations * 10 * 4 * x_all[0].size
-        row["bandwidth_fraction"] = bytes_per_image / (row["forward_ms_per_image"] / 1000) / 1e9 / bandwidth
-        row["speedup_vs_scipy"] = scipy_ms / row["forward_ms_per_image"]
-        for gradient in ("autodiff", "implicit"):  # backward alone = (forward+backward) - forward
-            fwd = row["forward_ms_per_image"]
-            row[f"backward_ratio_{gradient}"] = (row[f"fwd_bwd_{gradient}_ms_per_image"] - fwd) / fwd
+        row["bandwidth_fraction"] = bytes_per_image / (fwd / 1000) / 1e9 / bandwidth
         results["rows"].append(row)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
+    print(f"device: {device}  image {FLAGS.size}x{FLAGS.size}x3  CG iterations {FLAGS.iterations}  alpha {FLAGS.alpha}")
+    print(f"scipy.sparse.linalg.cg (same graph, 3 channels): {scipy_ms:.1f} ms/image (timed interleaved with ours)")
     print(
-        f"device: {device}  image {FLAGS.size}x{FLAGS.size}x3  CG iterations {FLAGS.iterations}  "
-        f"alpha {FLAGS.alpha}  XLA {FLAGS.jit}"
+        "| batch | setup ms/img | forward ms/img | recording fwd | fwd+bwd autodiff | fwd+bwd implicit | vs scipy | "
+        "bwd/fwd auto | bwd/fwd impl | bandwidth |"
     )
-    print(f"scipy.sparse.linalg.cg (same graph, 3 channels): {scipy_ms:.1f} ms/image")
-    print(
-        "| batch | forward ms/img | fwd+bwd autodiff | fwd+bwd implicit | vs scipy | bwd/fwd auto | "
-        "bwd/fwd impl | bandwidth |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results["rows"]:
         print(
-            f"| {r['batch']} | {r['forward_ms_per_image']:.1f} | {r['fwd_bwd_autodiff_ms_per_image']:.1f} | "
+            f"| {r['batch']} | {r['setup_ms_per_image']:.1f} | {r['forward_ms_per_image']:.1f} | "
+            f"{r['recording_forward_ms_per_image']:.1f} | {r['fwd_bwd_autodiff_ms_per_image']:.1f} | "
             f"{r['fwd_bwd_implicit_ms_per_image']:.1f} | {r['speedup_vs_scipy']:.2f}x | "
             f"{r['backward_ratio_autodiff']:.2f} | {r['backward_ratio_implicit']:.2f} | "
             f"{100 * r['bandwidth_fraction']:.0f}% |"

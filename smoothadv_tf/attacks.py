@@ -187,7 +187,7 @@ def _gradient_attack(
                     )
                 g = tape.gradient(loss, x_adv)
                 if smoother is not None:
-                    g = smoother(g)  # eq. (12): smooth the gradient before normalising it
+                    g = smoother(g, stop_gradient=True)  # eq. (12): smooth the gradient before normalising it
                 if norm == "linf":
                     direction = tf.sign(g)
                 else:

@@ -19,6 +19,8 @@ earlier than the iteration count) stops moving, so values and gradients stay fin
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from smoothadv_tf.graph import ImageGraph, check_guide, image_graph, stencil_apply
@@ -28,11 +30,27 @@ DENSE_MAX_PIXELS = 4096
 RESIDUAL_FLOOR = 1e-14
 # s_α(1) >= 1 - α exactly; truncated CG stays close, but the division of eq. (9) is floored anyway.
 MIN_NORMALISER = 1e-6
+# Independent partial sums per channel in inner products (see _dot); 128-256 measured fastest on a 2-core CPU.
+DOT_LANES = 128
+# Values per compiled CG call (see _solve_in_chunks): 3 images of 299x299x3.
+CHUNK_ELEMENTS = 2**20
 
 
 def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Per image and channel inner product over pixels: (B, H, W, C) -> (B, 1, 1, C)."""
-    return tf.reduce_sum(a * b, axis=[1, 2], keepdims=True)
+    """Per image and channel inner product over pixels: (B, H, W, C) -> (B, 1, 1, C).
+
+    XLA's CPU code for a reduction over the pixel axes runs ~one add at a time (2/3 of a CG iteration went
+    there), so with static shapes the products are summed in DOT_LANES * C independent lanes first (a
+    reduction over the major axis, which vectorises), then the lanes are summed per channel.
+    """
+    batch, height, width, channels = a.shape
+    if None in (batch, height, width, channels):
+        return tf.reduce_sum(a * b, axis=[1, 2], keepdims=True)
+    n, lanes = height * width * channels, DOT_LANES * channels  # lanes % C == 0: each lane sees one channel
+    rows = -(-n // lanes)
+    flat = tf.pad(tf.reshape(a * b, (batch, n)), [[0, 0], [0, rows * lanes - n]])
+    partial = tf.reduce_sum(tf.reshape(flat, (batch, rows, lanes)), axis=1)
+    return tf.reshape(tf.reduce_sum(tf.reshape(partial, (batch, DOT_LANES, channels)), axis=1), (batch, 1, 1, channels))
 
 
 def _safe_div(num: tf.Tensor, den: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
@@ -40,31 +58,99 @@ def _safe_div(num: tf.Tensor, den: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
     return tf.where(active, num / tf.where(active, den, tf.ones_like(den)), tf.zeros_like(num))
 
 
-def conjugate_gradient(matvec, b: tf.Tensor, iterations: int, tol: float = 0.0) -> tf.Tensor:
+def conjugate_gradient(matvec, b: tf.Tensor, iterations: int, tol: float = 0.0, record: bool = False):
     """Solve A x = b for SPD A, independently per image and channel, starting at x = 0.
 
     Runs exactly `iterations` steps (fixed cost, differentiable); a column freezes once its relative residual
-    falls below max(tol, 1e-7).
+    falls below max(tol, 1e-7). With ``record=True`` it returns ``(x, trajectory)``: the search directions and
+    scalars that :func:`conjugate_gradient_vjp` needs to differentiate the iterations without re-running them.
     """
     floor = tf.maximum(tf.constant(tol**2, b.dtype), RESIDUAL_FLOOR) * _dot(b, b)
     x = tf.zeros_like(b)
     r = b
     p = r
     rs = _dot(r, r)
+    # Trajectory: p_k and <p_k, A p_k> for k < K, <r_k, r_k> for k <= K (TensorArrays: in-place under XLA).
+    directions = tf.TensorArray(b.dtype, size=iterations if record else 0, element_shape=b.shape)
+    curvatures = tf.TensorArray(b.dtype, size=iterations if record else 0, element_shape=rs.shape)
+    residuals = tf.TensorArray(b.dtype, size=iterations if record else 0, element_shape=rs.shape)
 
-    def body(x, r, p, rs):
+    def body(k, x, r, p, rs, directions, curvatures, residuals):
         active = rs > floor
         ap = matvec(p)
-        step = _safe_div(rs, _dot(p, ap), active)
+        pap = _dot(p, ap)
+        step = _safe_div(rs, pap, active)
         x = x + step * p
         r = r - step * ap
         rs_new = _dot(r, r)
         beta = _safe_div(rs_new, rs, active & (rs_new > floor))
+        if record:
+            directions, curvatures, residuals = directions.write(k, p), curvatures.write(k, pap), residuals.write(k, rs)
         p = r + beta * p
-        return x, r, p, rs_new
+        return k + 1, x, r, p, rs_new, directions, curvatures, residuals
 
-    x, _, _, _ = tf.while_loop(lambda *_: True, body, (x, r, p, rs), maximum_iterations=iterations)
-    return x
+    state = (0, x, r, p, rs, directions, curvatures, residuals)
+    _, x, r, _, rs, directions, curvatures, residuals = tf.while_loop(
+        lambda *_: True, body, state, maximum_iterations=iterations
+    )
+    if not record:
+        return x
+    return x, CGTrajectory(directions.stack(), curvatures.stack(), residuals.stack(), rs, r, floor)
+
+
+class CGTrajectory(NamedTuple):
+    """What reverse-mode differentiation of K CG steps needs (per image and channel)."""
+
+    directions: tf.Tensor  # (K, B, H, W, C): p_k
+    curvatures: tf.Tensor  # (K, B, 1, 1, C): <p_k, A p_k>
+    residuals: tf.Tensor  # (K, B, 1, 1, C): <r_k, r_k>
+    last_residual: tf.Tensor  # (B, 1, 1, C): <r_K, r_K>
+    residual: tf.Tensor  # (B, H, W, C): r_K
+    floor: tf.Tensor  # (B, 1, 1, C): the freezing threshold on <r, r>
+
+
+def conjugate_gradient_vjp(matvec, b: tf.Tensor, g: tf.Tensor, trajectory: CGTrajectory) -> tf.Tensor:
+    """g -> (dx/db)^T g for x = conjugate_gradient(matvec, b, K), by reverse-mode through the recorded steps.
+
+    The exact gradient of the truncated solve (what autodiff through the iterations gives), written by hand
+    so that the forward pass need not be re-run: per step it costs two products with A (A symmetric) and
+    three inner products. The residuals r_k are recovered backwards from r_K by r_k = r_{k+1} + a_k A p_k.
+    Frozen columns (step and beta forced to 0 by the guards) pass no gradient through those scalars, as in
+    :func:`_safe_div`.
+    """
+    t = trajectory
+    iterations = t.directions.shape[0]
+
+    def direction(k):
+        # Loaded once per step into the loop state: XLA's CPU code for a stencil or an inner product that
+        # reads a dynamic slice of the stack directly was 2x slower than the whole step.
+        return tf.gather(t.directions, tf.maximum(k, 0))
+
+    def body(k, p, r_next, rs_next, r_bar_next, p_bar_next, rs_bar_next):
+        # Forward step k: q = A p; a = rs/<p,q>; x += a p; r' = r - a q; rs' = <r',r'>; beta = rs'/rs; p' = r' + beta p
+        pq, rs = tf.gather(t.curvatures, k), tf.gather(t.residuals, k)
+        active = rs > t.floor
+        active_beta = active & (rs_next > t.floor)
+        step = _safe_div(rs, pq, active)
+        beta = _safe_div(rs_next, rs, active_beta)
+        q = matvec(p)
+        beta_bar = _dot(p_bar_next, p)
+        rs_bar_total = rs_bar_next + _safe_div(beta_bar, rs, active_beta)  # all uses of rs' = <r', r'>
+        rs_bar = -_safe_div(beta_bar * beta, rs, active_beta)
+        r_bar = r_bar_next + p_bar_next + 2.0 * rs_bar_total * r_next
+        step_bar = _dot(g, p) - _dot(r_bar, q)
+        rs_bar += _safe_div(step_bar, pq, active)
+        pq_bar = -_safe_div(step_bar * step, pq, active)
+        # p_bar = beta p_bar' + a g + pq_bar q + A(pq_bar p - a r_bar), and A p = q
+        p_bar = beta * p_bar_next + step * g + 2.0 * pq_bar * q - step * matvec(r_bar)
+        r = r_next + step * q
+        return k - 1, direction(k - 1), r, rs, r_bar, p_bar, rs_bar
+
+    zeros = tf.zeros_like(b)
+    last = iterations - 1
+    state = (last, direction(last), t.residual, t.last_residual, zeros, zeros, tf.zeros_like(t.last_residual))
+    _, _, _, _, r_bar, p_bar, rs_bar = tf.while_loop(lambda *_: True, body, state, maximum_iterations=iterations)
+    return r_bar + p_bar + 2.0 * rs_bar * b  # r_0 = p_0 = b, rs_0 = <b, b>
 
 
 def apply_laplacian(normalized: tf.Tensor, offsets, alpha: float, v: tf.Tensor) -> tf.Tensor:
@@ -75,19 +161,47 @@ def apply_laplacian(normalized: tf.Tensor, offsets, alpha: float, v: tf.Tensor) 
 # XLA fuses the stencil and the CG vector updates into a few loops (~4x faster than plain TF on CPU). Only
 # the solve is compiled: models around it keep TF's own kernels (XLA's CPU convolutions are much slower).
 @tf.function(jit_compile=True)
-def _cg_laplacian(normalized, b, alpha, offsets, iterations, tol):
+def _cg_laplacian(normalized, b, alpha, offsets, iterations, tol, record=False):
     matvec = lambda v: apply_laplacian(normalized, offsets, alpha, v)  # noqa: E731
-    return conjugate_gradient(matvec, b, iterations, tol)
+    return conjugate_gradient(matvec, b, iterations, tol, record)
 
 
-# Autodiff through the CG iterations. The while loop's saved intermediates cannot leave an XLA cluster, so
-# the backward pass recomputes the forward iterations and differentiates them inside one compiled function.
+# Autodiff through the CG iterations, by hand: a while loop's saved intermediates cannot leave an XLA
+# function, so the forward pass returns its trajectory explicitly and this reverse pass consumes it.
 @tf.function(jit_compile=True)
-def _cg_laplacian_vjp(normalized, b, g, alpha, offsets, iterations, tol):
-    with tf.GradientTape() as tape:
-        tape.watch(b)
-        x = conjugate_gradient(lambda v: apply_laplacian(normalized, offsets, alpha, v), b, iterations, tol)
-    return tape.gradient(x, b, output_gradients=g)
+def _cg_laplacian_vjp(normalized, b, g, trajectory, alpha, offsets):
+    matvec = lambda v: apply_laplacian(normalized, offsets, alpha, v)  # noqa: E731
+    return conjugate_gradient_vjp(matvec, b, g, trajectory)
+
+
+def _chunks(shape: tf.TensorShape, chunk_elements: int) -> list[slice]:
+    """Split a batch into runs of images holding about chunk_elements values each (one run if unknown)."""
+    batch = shape[0]
+    per_image = shape[1:].num_elements()
+    if batch is None or per_image is None:
+        return [slice(None)]
+    size = max(1, chunk_elements // per_image)
+    return [slice(i, i + size) for i in range(0, batch, size)]
+
+
+# A batch is solved in chunks, one compiled call each, inside one graph: TF runs the calls concurrently (one
+# per core) and each chunk's CG vectors stay in the CPU cache, where one call for a whole batch of 16 299x299x3
+# images streams every vector through main memory, 2x slower per image.
+@tf.function
+def _solve_in_chunks(normalized, b, alpha, offsets, iterations, tol, chunk_elements, record=False):
+    """s_α for the whole batch; with ``record``, also one CG trajectory per chunk."""
+    chunks = _chunks(b.shape, chunk_elements)
+    outs = [_cg_laplacian(normalized[c], b[c], alpha, offsets, iterations, tol, record) for c in chunks]
+    if not record:
+        return tf.concat(outs, 0)
+    return tf.concat([x for x, _ in outs], 0), [trajectory for _, trajectory in outs]
+
+
+@tf.function
+def _vjp_in_chunks(normalized, b, g, trajectories, alpha, offsets, chunk_elements):
+    chunks = _chunks(b.shape, chunk_elements)
+    grads = [_cg_laplacian_vjp(normalized[c], b[c], g[c], t, alpha, offsets) for c, t in zip(chunks, trajectories)]
+    return tf.concat(grads, 0)
 
 
 class Smoother:
@@ -130,7 +244,8 @@ class Smoother:
             self._inverse = self._dense_inverse()  # (B, G, n, n), rows normalised (eq. 9)
         else:
             ones = tf.ones_like(self.x_o[..., :1]) if self.graph.mode == "joint" else tf.ones_like(self.x_o)
-            self._normaliser = tf.maximum(self._cg_solve(ones), MIN_NORMALISER)
+            normaliser = ones if self.alpha == 0.0 else self._solve_once(ones)  # s_α(1): no gradient needed
+            self._normaliser = tf.maximum(normaliser, MIN_NORMALISER)
 
     # -------------------------------------------------------------------------------------------- helpers
     def laplacian(self, v: tf.Tensor) -> tf.Tensor:
@@ -140,7 +255,10 @@ class Smoother:
         return apply_laplacian(self.graph.normalized, self.graph.offsets, self.alpha, v)
 
     def _solve_once(self, b: tf.Tensor) -> tf.Tensor:
-        return _cg_laplacian(self.graph.normalized, b, self.alpha, self.graph.offsets, self.iterations, self.tol)
+        graph = self.graph
+        return _solve_in_chunks(
+            graph.normalized, b, self.alpha, graph.offsets, self.iterations, self.tol, CHUNK_ELEMENTS
+        )
 
     def _check(self, z) -> tf.Tensor:
         z = tf.convert_to_tensor(z, tf.float32)
@@ -150,9 +268,11 @@ class Smoother:
             raise ValueError(f"z: shape {z.shape} does not match the guide image shape {self.shape}")
         return z
 
-    def _cg_solve(self, z: tf.Tensor) -> tf.Tensor:
+    def _cg_solve(self, z: tf.Tensor, stop_gradient: bool) -> tf.Tensor:
         if self.alpha == 0.0:
-            return z
+            return tf.stop_gradient(z) if stop_gradient else z
+        if stop_gradient:
+            return self._solve_once(tf.stop_gradient(z))
         if self.gradient == "autodiff":
             x = self._autodiff_solve(z)
             # CG is homogeneous, not linear, in z, and at z = 0 its iterations are frozen (nothing to solve),
@@ -173,17 +293,24 @@ class Smoother:
         return implicit(z)
 
     def _autodiff_solve(self, z: tf.Tensor) -> tf.Tensor:
-        """The truncated CG solve, with the gradient of its iterations (the paper's choice)."""
+        """The truncated CG solve, with the gradient of its iterations (the paper's choice).
+
+        The forward pass records the K search directions (memory: K images' worth per image, 50 MB for a
+        299x299x3 image at K = 50), which the hand-written reverse pass consumes.
+        """
+        normalized, offsets, alpha, chunks = self.graph.normalized, self.graph.offsets, self.alpha, CHUNK_ELEMENTS
 
         @tf.custom_gradient
         def solve(b):
-            def grad(g):
-                return _cg_laplacian_vjp(
-                    self.graph.normalized, b, g, self.alpha, self.graph.offsets, self.iterations, self.tol
-                )
+            # stop_gradient: no tape may record through the compiled loop (its gradient is `grad` below)
+            x, trajectories = _solve_in_chunks(
+                normalized, tf.stop_gradient(b), alpha, offsets, self.iterations, self.tol, chunks, record=True
+            )
 
-            # stop_gradient: no tape may record through the compiled loop (its gradient is `grad` above)
-            return self._solve_once(tf.stop_gradient(b)), grad
+            def grad(g):
+                return _vjp_in_chunks(normalized, tf.stop_gradient(b), g, trajectories, alpha, offsets, chunks)
+
+            return x, grad
 
         return solve(z)
 
@@ -221,16 +348,22 @@ class Smoother:
         return inv / tf.maximum(tf.reduce_sum(inv, axis=-1, keepdims=True), MIN_NORMALISER)
 
     # ------------------------------------------------------------------------------------------- public
-    def solve(self, z) -> tf.Tensor:
-        """s_α(z) = L_α^-1 z (eq. 8), unnormalised."""
+    def solve(self, z, stop_gradient: bool = False) -> tf.Tensor:
+        """s_α(z) = L_α^-1 z (eq. 8), unnormalised.
+
+        ``stop_gradient=True``: no gradient flows to z, and autodiff mode records no trajectory (cheaper when
+        the result is only used as a value, e.g. sPGD₂'s smoothed gradient).
+        """
         z = self._check(z)
         if self.solver == "dense":
             raise ValueError("solve(): the dense solver stores only the normalised ŝ_α; use solver='cg'")
-        return self._cg_solve(z)
+        return self._cg_solve(z, stop_gradient)
 
-    def __call__(self, z) -> tf.Tensor:
-        """ŝ_α(z) = diag(s_α(1))^-1 s_α(z) (eq. 9)."""
+    def __call__(self, z, stop_gradient: bool = False) -> tf.Tensor:
+        """ŝ_α(z) = diag(s_α(1))^-1 s_α(z) (eq. 9). ``stop_gradient``: as in :meth:`solve`."""
         z = self._check(z)
+        if stop_gradient:
+            z = tf.stop_gradient(z)
         if self.alpha == 0.0:
             return z
         if self.solver == "dense":
@@ -238,7 +371,7 @@ class Smoother:
             flat = tf.transpose(tf.reshape(z, (b, h * w, c)), (0, 2, 1))[..., None]  # (B, C, n, 1)
             out = tf.matmul(self._inverse, flat)  # G = 1 broadcasts over channels
             return tf.reshape(tf.transpose(out[..., 0], (0, 2, 1)), (b, h, w, c))
-        return self._cg_solve(z) / self._normaliser
+        return self._cg_solve(z, stop_gradient) / self._normaliser
 
 
 def smoothness(r, x_o, **graph_options) -> tf.Tensor:

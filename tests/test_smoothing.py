@@ -7,9 +7,10 @@ import scipy.sparse.linalg as sla
 import tensorflow as tf
 from conftest import photos
 
+import smoothadv_tf.smoothing as smoothing
 from smoothadv_tf.graph import image_graph
 from smoothadv_tf.layers import LaplacianSmoothing
-from smoothadv_tf.smoothing import Smoother, smoothness
+from smoothadv_tf.smoothing import Smoother, apply_laplacian, conjugate_gradient, smoothness
 
 
 def scipy_laplacian(graph, i, alpha, channel=0):
@@ -132,6 +133,84 @@ def test_gradient_matches_finite_differences(gradient):
 
     theoretical, numerical = tf.test.compute_gradient(f, [tf.constant(z0, tf.float64)], delta=1e-2)
     np.testing.assert_allclose(theoretical[0], numerical[0], atol=2e-3)
+
+
+def _autodiff_reference(smoother, z, g):
+    """TF's own autodiff through the plain (uncompiled) CG iterations: the oracle for the hand-written reverse."""
+    graph = smoother.graph
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        x = conjugate_gradient(
+            lambda v: apply_laplacian(graph.normalized, graph.offsets, smoother.alpha, v),
+            z,
+            smoother.iterations,
+            smoother.tol,
+        )
+    return x, tape.gradient(x, z, output_gradients=g)
+
+
+@pytest.mark.parametrize(
+    "alpha, iterations, tol",
+    [(0.997, 50, 0.0), (0.95, 7, 0.0), (0.5, 200, 0.0), (0.95, 60, 1e-3)],
+    ids=["imagenet-preset", "few-steps", "converges-and-freezes", "early-stop"],
+)
+def test_hand_written_reverse_pass_equals_tf_autodiff(alpha, iterations, tol):
+    x = photos(24, 3)  # real photos; 200 steps at alpha 0.5 freeze every column long before the end
+    rng = np.random.default_rng(11)
+    z = tf.constant(rng.standard_normal(x.shape), tf.float32)
+    g = tf.constant(rng.standard_normal(x.shape), tf.float32)
+    smoother = Smoother(x, alpha=alpha, iterations=iterations, tol=tol, gradient="autodiff")
+    with tf.GradientTape() as tape:
+        tape.watch(z)
+        out = smoother.solve(z)
+    grad = tape.gradient(out, z, output_gradients=g)
+    ref_out, ref_grad = _autodiff_reference(smoother, z, g)
+    assert np.linalg.norm(out - ref_out) <= 1e-5 * np.linalg.norm(ref_out)
+    assert np.linalg.norm(grad - ref_grad) <= 1e-5 * np.linalg.norm(ref_grad)
+
+
+def test_batch_split_into_chunks_gives_the_same_values_and_gradients(monkeypatch):
+    x = photos(16, 5)
+    rng = np.random.default_rng(12)
+    z = tf.constant(rng.standard_normal(x.shape), tf.float32)
+    g = tf.constant(rng.standard_normal(x.shape), tf.float32)
+    results = {}
+    for chunk in (16 * 16 * 3 * 2, 2**20):  # chunks of 2 images (2 + 2 + 1), then the whole batch at once
+        monkeypatch.setattr(smoothing, "CHUNK_ELEMENTS", chunk)
+        assert len(smoothing._chunks(tf.TensorShape(x.shape), chunk)) == (3 if chunk < 2**20 else 1)
+        for gradient in ("autodiff", "implicit"):
+            smoother = Smoother(x, alpha=0.99, iterations=30, gradient=gradient)
+            with tf.GradientTape() as tape:
+                tape.watch(z)
+                out = smoother(z)
+            results[chunk, gradient] = out.numpy(), tape.gradient(out, z, output_gradients=g).numpy()
+    for gradient in ("autodiff", "implicit"):
+        for chunked, whole in zip(results[16 * 16 * 3 * 2, gradient], results[2**20, gradient]):
+            np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_stop_gradient_gives_the_value_without_a_gradient(fashion_test):
+    x = fashion_test.images[:2]
+    z = tf.constant(np.random.default_rng(13).standard_normal(x.shape), tf.float32)
+    smoother = Smoother(x, alpha=0.95, iterations=20)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(z)
+        out = smoother(z)
+        out_constant = smoother(z, stop_gradient=True)
+    np.testing.assert_array_equal(out.numpy(), out_constant.numpy())
+    assert tape.gradient(out_constant, z) is None
+    assert tape.gradient(out, z) is not None
+
+
+@pytest.mark.parametrize("shape", [(2, 299, 299, 3), (3, 28, 28, 1), (1, 7, 5, 2)])
+def test_lane_inner_product_matches_float64_sum(shape):
+    rng = np.random.default_rng(14)
+    a, b = rng.standard_normal(shape), rng.standard_normal(shape)
+    ours = tf.function(smoothing._dot, jit_compile=True)(tf.constant(a, tf.float32), tf.constant(b, tf.float32))
+    ref = np.sum(a * b, axis=(1, 2), keepdims=True)
+    scale = np.sqrt(np.sum(a * a, axis=(1, 2), keepdims=True) * np.sum(b * b, axis=(1, 2), keepdims=True))
+    assert ours.shape == ref.shape
+    assert np.all(np.abs(ours.numpy() - ref) <= 1e-6 * scale)
 
 
 def _finite(*tensors):

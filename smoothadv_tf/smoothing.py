@@ -32,8 +32,8 @@ RESIDUAL_FLOOR = 1e-14
 MIN_NORMALISER = 1e-6
 # Independent partial sums per channel in inner products (see _dot); 128-256 measured fastest on a 2-core CPU.
 DOT_LANES = 128
-# Values per compiled CG call (see _solve_in_chunks): 3 images of 299x299x3.
-CHUNK_ELEMENTS = 2**20
+# Values per compiled CG call (see _solve_in_chunks): one channel of a 299x299 image, 167 28x28 images.
+CHUNK_ELEMENTS = 2**17
 
 
 def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -174,34 +174,58 @@ def _cg_laplacian_vjp(normalized, b, g, trajectory, alpha, offsets):
     return conjugate_gradient_vjp(matvec, b, g, trajectory)
 
 
-def _chunks(shape: tf.TensorShape, chunk_elements: int) -> list[slice]:
-    """Split a batch into runs of images holding about chunk_elements values each (one run if unknown)."""
-    batch = shape[0]
-    per_image = shape[1:].num_elements()
-    if batch is None or per_image is None:
-        return [slice(None)]
-    size = max(1, chunk_elements // per_image)
-    return [slice(i, i + size) for i in range(0, batch, size)]
+def _chunks(shape: tf.TensorShape, chunk_elements: int) -> list[tuple[slice, list[slice]]]:
+    """Split a (B, H, W, C) batch into pieces of about chunk_elements values: runs of whole images, or, for a
+    large image, runs of its channels (CG columns are independent per image and channel). Returns
+    [(image slice, [channel slices])]; one piece if the shape is unknown."""
+    batch, channels = shape[0], shape[-1]
+    pixels = shape[1:3].num_elements()
+    if batch is None or channels is None or pixels is None:
+        return [(slice(None), [slice(None)])]
+    if pixels * channels <= chunk_elements:
+        size = chunk_elements // (pixels * channels)
+        return [(slice(i, i + size), [slice(None)]) for i in range(0, batch, size)]
+    size = max(1, chunk_elements // pixels)
+    channel_runs = [slice(c, c + size) for c in range(0, channels, size)]
+    return [(slice(i, i + 1), channel_runs) for i in range(batch)]
 
 
-# A batch is solved in chunks, one compiled call each, inside one graph: TF runs the calls concurrently (one
-# per core) and each chunk's CG vectors stay in the CPU cache, where one call for a whole batch of 16 299x299x3
-# images streams every vector through main memory, 2x slower per image.
+def _pieces(normalized, tensors, chunk_elements):
+    """Yield (normalized, *tensors) restricted to each chunk, in the order of :func:`_chunks`."""
+    for images, channel_runs in _chunks(tensors[0].shape, chunk_elements):
+        for channels in channel_runs:
+            coeffs = normalized[images] if normalized.shape[-1] == 1 else normalized[images][..., channels]
+            yield (coeffs, *[t[images][..., channels] for t in tensors])
+
+
+def _reassemble(parts, chunks):
+    """Inverse of the split: concatenate channel runs, then image runs."""
+    parts = iter(parts)
+    return tf.concat([tf.concat([next(parts) for _ in runs], -1) for _, runs in chunks], 0)
+
+
+# A batch is solved in chunks (one image, or one channel of a large image), one compiled call each, inside
+# one graph: TF runs the calls concurrently, one per core, and each chunk's CG vectors stay in the CPU cache.
+# One call for a whole batch streams every vector through main memory: 2x slower per image at 16 x 299x299x3,
+# and 1.4x slower for a single 299x299x3 image, whose one call runs its loops on both cores.
 @tf.function
 def _solve_in_chunks(normalized, b, alpha, offsets, iterations, tol, chunk_elements, record=False):
     """s_α for the whole batch; with ``record``, also one CG trajectory per chunk."""
+    outs = [
+        _cg_laplacian(coeffs, piece, alpha, offsets, iterations, tol, record)
+        for coeffs, piece in _pieces(normalized, [b], chunk_elements)
+    ]
     chunks = _chunks(b.shape, chunk_elements)
-    outs = [_cg_laplacian(normalized[c], b[c], alpha, offsets, iterations, tol, record) for c in chunks]
     if not record:
-        return tf.concat(outs, 0)
-    return tf.concat([x for x, _ in outs], 0), [trajectory for _, trajectory in outs]
+        return _reassemble(outs, chunks)
+    return _reassemble([x for x, _ in outs], chunks), [trajectory for _, trajectory in outs]
 
 
 @tf.function
 def _vjp_in_chunks(normalized, b, g, trajectories, alpha, offsets, chunk_elements):
-    chunks = _chunks(b.shape, chunk_elements)
-    grads = [_cg_laplacian_vjp(normalized[c], b[c], g[c], t, alpha, offsets) for c, t in zip(chunks, trajectories)]
-    return tf.concat(grads, 0)
+    pieces = _pieces(normalized, [b, g], chunk_elements)
+    grads = [_cg_laplacian_vjp(coeffs, b_, g_, t, alpha, offsets) for (coeffs, b_, g_), t in zip(pieces, trajectories)]
+    return _reassemble(grads, _chunks(b.shape, chunk_elements))
 
 
 class Smoother:

@@ -169,24 +169,31 @@ def test_hand_written_reverse_pass_equals_tf_autodiff(alpha, iterations, tol):
     assert np.linalg.norm(grad - ref_grad) <= 1e-5 * np.linalg.norm(ref_grad)
 
 
-def test_batch_split_into_chunks_gives_the_same_values_and_gradients(monkeypatch):
+@pytest.mark.parametrize("mode", ["joint", "per_channel"])
+def test_batch_split_into_chunks_gives_the_same_values_and_gradients(monkeypatch, mode):
     x = photos(16, 5)
     rng = np.random.default_rng(12)
     z = tf.constant(rng.standard_normal(x.shape), tf.float32)
     g = tf.constant(rng.standard_normal(x.shape), tf.float32)
+    splits = {  # chunk_elements -> pieces: runs of 2 images (2 + 2 + 1); channels 0-1 and 2 of each image; whole
+        16 * 16 * 3 * 2: 3,
+        16 * 16 * 2: 10,
+        2**20: 1,
+    }
     results = {}
-    for chunk in (16 * 16 * 3 * 2, 2**20):  # chunks of 2 images (2 + 2 + 1), then the whole batch at once
+    for chunk, pieces in splits.items():
         monkeypatch.setattr(smoothing, "CHUNK_ELEMENTS", chunk)
-        assert len(smoothing._chunks(tf.TensorShape(x.shape), chunk)) == (3 if chunk < 2**20 else 1)
+        assert sum(len(runs) for _, runs in smoothing._chunks(tf.TensorShape(x.shape), chunk)) == pieces
         for gradient in ("autodiff", "implicit"):
-            smoother = Smoother(x, alpha=0.99, iterations=30, gradient=gradient)
+            smoother = Smoother(x, alpha=0.99, iterations=30, gradient=gradient, mode=mode)
             with tf.GradientTape() as tape:
                 tape.watch(z)
                 out = smoother(z)
             results[chunk, gradient] = out.numpy(), tape.gradient(out, z, output_gradients=g).numpy()
-    for gradient in ("autodiff", "implicit"):
-        for chunked, whole in zip(results[16 * 16 * 3 * 2, gradient], results[2**20, gradient]):
-            np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    for chunk in list(splits)[:2]:
+        for gradient in ("autodiff", "implicit"):
+            for chunked, whole in zip(results[chunk, gradient], results[2**20, gradient]):
+                np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_stop_gradient_gives_the_value_without_a_gradient(fashion_test):

@@ -8,7 +8,8 @@ L_α is symmetric positive-definite with eigenvalues in [1, (1+α)/(1-α)], so c
 Solvers:
 - ``"cg"``: a fixed number of CG iterations (50 by default, as the paper), batched over images and channels.
   ``gradient="autodiff"`` differentiates through the iterations (the paper's choice): the exact gradient of
-  the *truncated* solve. ``gradient="implicit"`` solves the adjoint system L_α g' = g with CG in the backward
+  the *truncated* solve, by a hand-written reverse pass over the recorded search directions (memory: one
+  image per iteration). ``gradient="implicit"`` solves the adjoint system L_α g' = g with CG in the backward
   pass (L_α is symmetric): the gradient of the *exact* solve, in memory independent of the iteration count.
 - ``"dense"``: for small images (n <= 4096, e.g. 28x28) L_α^-1 is formed once per guide image and normalised
   row-wise, and smoothing is a batched matmul (the paper does this for MNIST).

@@ -60,7 +60,8 @@ def model_floor(model, x, y) -> dict:
     def forward_backward(images):
         with tf.GradientTape() as tape:
             tape.watch(images)
-            loss = tf.reduce_sum(model(images) * tf.one_hot(yt, 10))
+            logits = model(images)
+            loss = tf.reduce_sum(logits * tf.one_hot(yt, logits.shape[-1]))
         return tape.gradient(loss, images)
 
     forward_backward(xt)

@@ -71,12 +71,11 @@ def conjugate_gradient(matvec, b: tf.Tensor, iterations: int, tol: float = 0.0, 
     r = b
     p = r
     rs = _dot(r, r)
-    # Trajectory: p_k and <p_k, A p_k> for k < K, <r_k, r_k> for k <= K (TensorArrays: in-place under XLA).
-    directions = tf.TensorArray(b.dtype, size=iterations if record else 0, element_shape=b.shape)
-    curvatures = tf.TensorArray(b.dtype, size=iterations if record else 0, element_shape=rs.shape)
-    residuals = tf.TensorArray(b.dtype, size=iterations if record else 0, element_shape=rs.shape)
+    # Trajectory, only if recorded: p_k, <p_k, A p_k>, <r_k, r_k> for k < K (TensorArrays: in place under XLA).
+    shapes = (b.shape, rs.shape, rs.shape) if record else ()
+    trajectory = tuple(tf.TensorArray(b.dtype, size=iterations, element_shape=shape) for shape in shapes)
 
-    def body(k, x, r, p, rs, directions, curvatures, residuals):
+    def body(k, x, r, p, rs, *trajectory):
         active = rs > floor
         ap = matvec(p)
         pap = _dot(p, ap)
@@ -85,18 +84,17 @@ def conjugate_gradient(matvec, b: tf.Tensor, iterations: int, tol: float = 0.0, 
         r = r - step * ap
         rs_new = _dot(r, r)
         beta = _safe_div(rs_new, rs, active & (rs_new > floor))
-        if record:
-            directions, curvatures, residuals = directions.write(k, p), curvatures.write(k, pap), residuals.write(k, rs)
+        trajectory = tuple(array.write(k, value) for array, value in zip(trajectory, (p, pap, rs)))
         p = r + beta * p
-        return k + 1, x, r, p, rs_new, directions, curvatures, residuals
+        return (k + 1, x, r, p, rs_new, *trajectory)
 
-    state = (0, x, r, p, rs, directions, curvatures, residuals)
-    _, x, r, _, rs, directions, curvatures, residuals = tf.while_loop(
-        lambda *_: True, body, state, maximum_iterations=iterations
+    _, x, r, _, rs, *trajectory = tf.while_loop(
+        lambda *_: True, body, (0, x, r, p, rs, *trajectory), maximum_iterations=iterations
     )
     if not record:
         return x
-    return x, CGTrajectory(directions.stack(), curvatures.stack(), residuals.stack(), rs, r, floor)
+    directions, curvatures, residuals = (array.stack() for array in trajectory)
+    return x, CGTrajectory(directions, curvatures, residuals, rs, r, floor)
 
 
 class CGTrajectory(NamedTuple):
@@ -191,9 +189,9 @@ def _chunks(shape: tf.TensorShape, chunk_elements: int) -> list[tuple[slice, lis
     return [(slice(i, i + 1), channel_runs) for i in range(batch)]
 
 
-def _pieces(normalized, tensors, chunk_elements):
-    """Yield (normalized, *tensors) restricted to each chunk, in the order of :func:`_chunks`."""
-    for images, channel_runs in _chunks(tensors[0].shape, chunk_elements):
+def _pieces(normalized, tensors, chunks):
+    """Yield (normalized, *tensors) restricted to each piece of `chunks` (from :func:`_chunks`), in order."""
+    for images, channel_runs in chunks:
         for channels in channel_runs:
             coeffs = normalized[images] if normalized.shape[-1] == 1 else normalized[images][..., channels]
             yield (coeffs, *[t[images][..., channels] for t in tensors])
@@ -212,11 +210,11 @@ def _reassemble(parts, chunks):
 @tf.function
 def _solve_in_chunks(normalized, b, alpha, offsets, iterations, tol, chunk_elements, record=False):
     """s_α for the whole batch; with ``record``, also one CG trajectory per chunk."""
+    chunks = _chunks(b.shape, chunk_elements)
     outs = [
         _cg_laplacian(coeffs, piece, alpha, offsets, iterations, tol, record)
-        for coeffs, piece in _pieces(normalized, [b], chunk_elements)
+        for coeffs, piece in _pieces(normalized, [b], chunks)
     ]
-    chunks = _chunks(b.shape, chunk_elements)
     if not record:
         return _reassemble(outs, chunks)
     return _reassemble([x for x, _ in outs], chunks), [trajectory for _, trajectory in outs]
@@ -224,9 +222,10 @@ def _solve_in_chunks(normalized, b, alpha, offsets, iterations, tol, chunk_eleme
 
 @tf.function
 def _vjp_in_chunks(normalized, b, g, trajectories, alpha, offsets, chunk_elements):
-    pieces = _pieces(normalized, [b, g], chunk_elements)
+    chunks = _chunks(b.shape, chunk_elements)
+    pieces = _pieces(normalized, [b, g], chunks)
     grads = [_cg_laplacian_vjp(coeffs, b_, g_, t, alpha, offsets) for (coeffs, b_, g_), t in zip(pieces, trajectories)]
-    return _reassemble(grads, _chunks(b.shape, chunk_elements))
+    return _reassemble(grads, chunks)
 
 
 class Smoother:

@@ -32,14 +32,20 @@ def _check(x, name: str) -> tf.Tensor:
     return x
 
 
-def bilateral_filter(
-    x, sigma_d: float, sigma_r: float, radius: int | None = None, guide=None, range_mode: str = "joint"
-) -> tf.Tensor:
-    """Bilateral (or, with `guide`, guided/joint bilateral) filter of x (B, H, W, C)."""
+def _check_params(sigma_d, sigma_r, radius, range_mode) -> None:
     if not sigma_d > 0 or not sigma_r > 0:
         raise ValueError(f"sigma_d={sigma_d}, sigma_r={sigma_r}: both must be positive")
     if range_mode not in ("joint", "per_channel"):
         raise ValueError(f"range_mode={range_mode!r}: expected 'joint' or 'per_channel'")
+    if radius is not None and int(radius) < 0:
+        raise ValueError(f"radius={radius}: must be >= 0")
+
+
+def bilateral_filter(
+    x, sigma_d: float, sigma_r: float, radius: int | None = None, guide=None, range_mode: str = "joint"
+) -> tf.Tensor:
+    """Bilateral (or, with `guide`, guided/joint bilateral) filter of x (B, H, W, C)."""
+    _check_params(sigma_d, sigma_r, radius, range_mode)
     x = _check(x, "x")
     g = x if guide is None else _check(guide, "guide")
     if guide is not None and g.shape[:3] != x.shape[:3]:
@@ -47,8 +53,6 @@ def bilateral_filter(
     if range_mode == "per_channel" and g.shape[-1] != x.shape[-1]:
         raise ValueError("range_mode='per_channel' needs a guide with as many channels as x")
     radius = default_radius(sigma_d) if radius is None else int(radius)
-    if radius < 0:
-        raise ValueError(f"radius={radius}: must be >= 0")
     return _bilateral(x, g, float(sigma_d), float(sigma_r), radius, range_mode == "joint")
 
 
@@ -83,9 +87,15 @@ def _bilateral(x, g, sigma_d, sigma_r, radius, joint):
     return num / den  # den >= the centre pixel's own weight, 1
 
 
+@keras.saving.register_keras_serializable(package="smoothadv_tf")
 class BilateralFilter(keras.layers.Layer):
     """Keras layer applying :func:`bilateral_filter` (e.g. as a defence in front of a model, §5.4:
-    σ_d = 0.5, σ_r = 0.2 on [0,1] images, radius 5)."""
+    σ_d = 0.5, σ_r = 0.2 on [0,1] images, radius 5).
+
+    Takes the Keras layer keywords (name, dtype, ...) and is registered as serialisable, so a saved model
+    containing it loads with ``keras.models.load_model``. Filters in float32; the output has the layer's
+    compute dtype.
+    """
 
     def __init__(
         self,
@@ -96,10 +106,18 @@ class BilateralFilter(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.sigma_d, self.sigma_r, self.radius, self.range_mode = sigma_d, sigma_r, radius, range_mode
+        _check_params(sigma_d, sigma_r, radius, range_mode)
+        self.sigma_d, self.sigma_r, self.range_mode = float(sigma_d), float(sigma_r), range_mode
+        self.radius = None if radius is None else int(radius)
 
     def call(self, x):
-        return bilateral_filter(x, self.sigma_d, self.sigma_r, self.radius, range_mode=self.range_mode)
+        out = bilateral_filter(
+            tf.cast(x, tf.float32), self.sigma_d, self.sigma_r, self.radius, range_mode=self.range_mode
+        )
+        return tf.cast(out, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
 
     def get_config(self):
         return {

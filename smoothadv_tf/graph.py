@@ -112,10 +112,8 @@ def check_guide(x_o, name: str = "x_o") -> tf.Tensor:
     return x_o
 
 
-def image_graph(
-    x_o, neighbors: int = 4, kernel: str = "laplacian", sigma: float = DEFAULT_SIGMA, mode: str = "joint"
-) -> ImageGraph:
-    """Build the graph of eq. (5) for a batch of guide images x_o (B, H, W, C) in [0, 1]."""
+def check_graph_options(neighbors: int, kernel: str, sigma: float, mode: str) -> None:
+    """Raise ValueError for options :func:`image_graph` does not take (before any guide image is at hand)."""
     if neighbors not in HALF_OFFSETS:
         raise ValueError(f"neighbors={neighbors}: expected 4 or 8")
     if kernel not in KERNELS:
@@ -124,6 +122,13 @@ def image_graph(
         raise ValueError(f"mode={mode!r}: expected one of {MODES}")
     if not sigma > 0:
         raise ValueError(f"sigma={sigma}: must be positive")
+
+
+def image_graph(
+    x_o, neighbors: int = 4, kernel: str = "laplacian", sigma: float = DEFAULT_SIGMA, mode: str = "joint"
+) -> ImageGraph:
+    """Build the graph of eq. (5) for a batch of guide images x_o (B, H, W, C) in [0, 1]."""
+    check_graph_options(neighbors, kernel, sigma, mode)
     x_o = check_guide(x_o)
     offsets = HALF_OFFSETS[neighbors]
     ones = tf.ones_like(x_o[..., :1])

@@ -228,6 +228,18 @@ def _vjp_in_chunks(normalized, b, g, trajectories, alpha, offsets, chunk_element
     return _reassemble(grads, chunks)
 
 
+def check_smoother_options(alpha: float, solver: str, iterations: int, gradient: str) -> None:
+    """Raise ValueError for options :class:`Smoother` does not take (before any guide image is at hand)."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha={alpha}: must be in [0, 1)")
+    if solver not in ("cg", "dense"):
+        raise ValueError(f"solver={solver!r}: expected 'cg' or 'dense'")
+    if gradient not in ("autodiff", "implicit"):
+        raise ValueError(f"gradient={gradient!r}: expected 'autodiff' or 'implicit'")
+    if iterations < 1:
+        raise ValueError(f"iterations={iterations}: must be >= 1")
+
+
 class Smoother:
     """ŝ_α guided by a batch of images x_o (B, H, W, C): ``smoother(z)`` = ŝ_α(z), ``smoother.solve(z)`` = s_α(z).
 
@@ -245,14 +257,7 @@ class Smoother:
         tol: float = 0.0,
         **graph_options,
     ):
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha={alpha}: must be in [0, 1)")
-        if solver not in ("cg", "dense"):
-            raise ValueError(f"solver={solver!r}: expected 'cg' or 'dense'")
-        if gradient not in ("autodiff", "implicit"):
-            raise ValueError(f"gradient={gradient!r}: expected 'autodiff' or 'implicit'")
-        if iterations < 1:
-            raise ValueError(f"iterations={iterations}: must be >= 1")
+        check_smoother_options(alpha, solver, iterations, gradient)
         self.x_o = check_guide(x_o)
         self.alpha = float(alpha)
         self.solver = solver

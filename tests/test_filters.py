@@ -68,21 +68,57 @@ def test_layer_and_bad_input(crops):
         bilateral_filter(bad, 1.0, 0.1)
 
 
-def test_magnify_definition_and_constant_image(crops):
-    x = crops[0][None]
-    mean = bilateral_filter(x, 5.0, 0.2)
-    local = np.sqrt(bilateral_filter((x - mean) ** 2, 5.0, 0.2, guide=x).numpy())
-    expected = (x - mean.numpy()) / (0.8 * local + 0.2 * x.std(axis=(1, 2), keepdims=True) + 1e-3)
-    np.testing.assert_allclose(magnify(x).numpy(), expected, rtol=1e-4, atol=1e-4)
-    flat = magnify(np.full((1, 16, 16, 3), 0.3, np.float32)).numpy()
-    assert np.isfinite(flat).all() and np.abs(flat).max() < 1e-3
-    shown = to_display([magnify(x).numpy(), 2 * magnify(x).numpy()])
-    assert shown.min() == 0.0 and shown.max() == 1.0
+def brute_magnify(x, beta, sigma_d, sigma_r, radius):
+    """Eq. (22) in float64 NumPy, both bilateral filters by the double loop above (not the library's filter)."""
+    mean = brute_bilateral(x, x, sigma_d, sigma_r, radius)
+    local_std = np.sqrt(brute_bilateral((x - mean) ** 2, x, sigma_d, sigma_r, radius))
+    global_std = x.astype(np.float64).std(axis=(0, 1))  # σ_Ω: population std per channel over Ω
+    return (x - mean) / (beta * local_std + (1.0 - beta) * global_std)
+
+
+def test_magnify_is_eq22_on_photo_crops(crops):
+    # The paper's setting (β = 0.8, σ_d = 5 so a 25x25 window, σ_r = 0.2) on a batch of two real crops. The
+    # tolerance is 1e-4 of the output's range: a constant 1e-3 added to the denominator moves it by ~1 %.
+    x = np.stack(crops)
+    ours = magnify(x).numpy()
+    for i, crop in enumerate(crops):
+        ref = brute_magnify(crop, 0.8, 5.0, 0.2, default_radius(5.0))
+        err = np.abs(ours[i] - ref).max() / np.ptp(ref)
+        assert err <= 1e-4, (i, err)
+
+
+def test_magnify_constant_channel_is_zero_and_others_are_eq22(crops):
+    # β = 1 (local std only), a small window, and channel 2 made constant: its denominator is 0 in exact
+    # arithmetic, so mag is 0 there, while the other channels are still exactly eq. (22).
+    x = crops[1].copy()
+    x[..., 2] = 0.45
+    ours = magnify(x[None], beta=1.0, sigma_d=1.5, radius=3).numpy()[0]
+    ref = brute_magnify(x[..., :2], 1.0, 1.5, 0.2, 3)  # channel 2 adds 0 to the joint range distance
+    assert np.abs(ours[..., :2] - ref).max() <= 1e-4 * np.ptp(ref)
+    assert np.abs(ours[..., 2]).max() <= 1e-6
+
+
+@pytest.mark.parametrize("value, size", [(0.3, 16), (0.7, 299), (1e-3, 64), (0.0, 16)])
+def test_magnify_of_constant_image_is_zero(value, size):
+    # 299x299 also checks σ_Ω: a float32 mean over that many pixels would leave σ_Ω ~1e-4 instead of 0.
+    flat = magnify(np.full((1, size, size, 3), value, np.float32)).numpy()
+    assert np.isfinite(flat).all() and np.abs(flat).max() <= 1e-6
+
+
+def test_magnify_display_and_bad_beta(crops):
+    m = magnify(crops[0][None]).numpy()
+    assert m.min() < 0 < m.max()  # so the extremes of the set are those of 2m
+    lo, hi = 2 * m.min(), 2 * m.max()
+    shown = to_display([m, 2 * m])
+    # one common affine map for the whole set, not one per image
+    np.testing.assert_allclose(shown[0], (m - lo) / (hi - lo), atol=1e-6)
+    np.testing.assert_allclose(shown[1], (2 * m - lo) / (hi - lo), atol=1e-6)
+    assert np.all(to_display(np.full((2, 4, 4, 3), 0.5)) == 0.0)
     with pytest.raises(ValueError, match="beta"):
-        magnify(x, beta=1.5)
+        magnify(m, beta=1.5)
 
 
-def test_magnify_reveals_noise_but_not_smooth_perturbation(crops):
+def test_magnify_reveals_noise_but_not_smooth_perturbation():
     """The point of Fig. 1: i.i.d. noise is magnified into view; a smooth-like-x perturbation much less."""
     from smoothadv_tf.smoothing import Smoother
 

@@ -204,9 +204,10 @@ def test_stop_gradient_gives_the_value_without_a_gradient(fashion_test):
         tape.watch(z)
         out = smoother(z)
         out_constant = smoother(z, stop_gradient=True)
-    np.testing.assert_array_equal(out.numpy(), out_constant.numpy())
+    # two differently compiled solves (with and without the recorded trajectory): equal up to rounding only
+    np.testing.assert_allclose(out.numpy(), out_constant.numpy(), rtol=1e-6, atol=1e-7)
     assert tape.gradient(out_constant, z) is None
-    assert tape.gradient(out, z) is not None
+    assert float(tf.reduce_max(tf.abs(tape.gradient(out, z)))) > 0
 
 
 @pytest.mark.parametrize("shape", [(2, 299, 299, 3), (3, 28, 28, 1), (1, 7, 5, 2)])
@@ -273,7 +274,9 @@ def test_isolated_pixel_is_left_alone():
     z = np.zeros_like(ISOLATED)
     z[0, 4, 4] = 1.0
     out = Smoother(ISOLATED, alpha=0.95, sigma=0.001, iterations=100)(z).numpy()
-    assert abs(out[0, 4, 4, 0] - 1.0) < 1e-5 and abs(out).sum() - 3.0 < 1e-4
+    # the pixel keeps its value in every channel and nothing leaks to its neighbours
+    np.testing.assert_allclose(out, z, atol=1e-5)
+    assert abs(np.abs(out).sum() - 3.0) < 1e-4
 
 
 def test_layer_inside_keras_model_and_tf_function(fashion_test):

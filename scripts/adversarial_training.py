@@ -19,14 +19,18 @@ FLAGS.set_default("model", "c4_adv")
 def main(_):
     if FLAGS.model not in ("c4_adv", "adv_inception_v3"):
         raise app.UsageError(f"--model={FLAGS.model}: this experiment attacks c4_adv or adv_inception_v3")
-    experiment.check_attacks(FLAGS.attacks)
+    experiment.validate_common_flags()
     dataset = experiment.load_data(FLAGS.dataset)
     model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
     records, out_dir = experiment.run("adversarial_training", model, dataset)
     if records is not None:
-        print(experiment.report(records, out_dir, f"Adversarially trained: {FLAGS.dataset} / {FLAGS.model}"))
+        print(
+            experiment.report(
+                records, out_dir, f"Adversarially trained: {FLAGS.dataset} / {FLAGS.model}, {FLAGS.protocol} protocol"
+            )
+        )
         print(f"results in {out_dir}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiment.run_script(main)

@@ -3,7 +3,8 @@ adversarial, and the perturbation scaled per channel to [0, 1]; titles in green 
 
     python scripts/examples.py --dataset=fashion_mnist --model=c4      # after scripts/white_box.py
 
-The adversarial images are recomputed from the recorded attack parameters (the attacks are deterministic).
+The adversarial images are recomputed with the parameters the run recorded in its run.json (the attacks are
+deterministic), so the figure shows what the table counted. --protocol picks the run (default: paper).
 """
 
 import os
@@ -41,6 +42,7 @@ def main(_):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    experiment.validate_common_flags()
     out_dir = experiment.output_dir("white_box", FLAGS.dataset, FLAGS.model)
     path = os.path.join(out_dir, "records.jsonl")
     if not os.path.exists(path):
@@ -49,12 +51,11 @@ def main(_):
     dataset = experiment.load_data(FLAGS.dataset)
     index = {image_id: k for k, image_id in enumerate(dataset.ids)}
     model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    preset = experiment.preset_for(FLAGS.dataset)
     attacks = [a for a in experiment.check_attacks(FLAGS.attacks) if a in evaluation.per_image_outcomes(records)]
     fig, axes = plt.subplots(len(attacks), 3, figsize=(6.6, 2.3 * len(attacks)), squeeze=False)
     for row, attack in enumerate(attacks):
         image_id, target = strongest(records, attack)
-        params = attacks_lib.preset(preset, attack, **({"epsilon": target} if target is not None else {}))
+        params = experiment.recorded_params(out_dir, attack, target)
         k = index[image_id]
         x, y = dataset.images[k : k + 1], dataset.labels[k : k + 1]
         result = attacks_lib.run_attack(attack, model, x, y, **params)
@@ -64,7 +65,7 @@ def main(_):
         color = "green" if result.success[0] else "red"
         panels = [
             (x[0], f"original {image_id}"),
-            (result.adversarial[0], attacks_lib.DISPLAY_NAMES[attack]),
+            (result.adversarial[0], f"{attacks_lib.DISPLAY_NAMES[attack]} ({FLAGS.protocol})"),
             (scaled, f"D = {result.distortion[0]:.2f}"),
         ]
         for col, (img, title) in enumerate(panels):
@@ -80,4 +81,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiment.run_script(main)

@@ -37,4 +37,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiment.run_script(main)

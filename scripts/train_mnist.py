@@ -1,14 +1,16 @@
 """Train C4 (paper §5.2) on MNIST or Fashion-MNIST, clean or adversarially (step l.l), and save it.
 
-python scripts/train_mnist.py --dataset=fashion_mnist --output=models/c4_fashion_mnist.keras
-python scripts/train_mnist.py --adversarial_training --output=models/c4_adv_fashion_mnist.keras
+python scripts/train_mnist.py --dataset=fashion_mnist          # -> models/c4_fashion_mnist_seed0.keras
+python scripts/train_mnist.py --adversarial_training --seed=1  # -> models/c4_adv_fashion_mnist_seed1.keras
+
+The default output is the cache the experiment scripts load (one file per dataset, training mode and seed).
 """
 
 import os
 
-from absl import app, flags
+from absl import flags
 
-from smoothadv_tf import data
+from smoothadv_tf import data, experiment
 from smoothadv_tf.models import accuracy, train_c4
 
 FLAGS = flags.FLAGS
@@ -21,7 +23,7 @@ flags.DEFINE_integer("seed", 0, "random seed")
 flags.DEFINE_boolean("adversarial_training", False, "Kurakin et al. step l.l adversarial training")
 flags.DEFINE_float("adversarial_epsilon", 0.3, "max ε of the one-step l.l examples (drawn uniformly in [0, ε])")
 flags.DEFINE_float("adversarial_fraction", 0.5, "fraction of each batch replaced by adversarial examples")
-flags.DEFINE_string("output", None, "output .keras path (default models/c4[_adv]_<dataset>.keras)")
+flags.DEFINE_string("output", None, "output .keras path (default models/c4[_adv]_<dataset>_seed<seed>.keras)")
 
 
 def main(_):
@@ -39,7 +41,7 @@ def main(_):
         FLAGS.adversarial_fraction,
     )
     name = "c4_adv" if FLAGS.adversarial_training else "c4"
-    output = FLAGS.output or os.path.join("models", f"{name}_{FLAGS.dataset}.keras")
+    output = FLAGS.output or experiment.c4_cache_path(name, FLAGS.dataset, FLAGS.seed)
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     model.save(output + ".tmp.keras")
     os.replace(output + ".tmp.keras", output)
@@ -47,4 +49,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiment.run_script(main)

@@ -26,7 +26,7 @@ flags.DEFINE_integer("bilateral_radius", 5, "bilateral defence: window radius")
 def main(_):
     if FLAGS.model not in ("c4", "inception_v3"):
         raise app.UsageError(f"--model={FLAGS.model}: the transfer source is c4 or inception_v3")
-    experiment.check_attacks(FLAGS.attacks)
+    experiment.validate_common_flags()
     dataset = experiment.load_data(FLAGS.dataset)
     source = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
     adv_name = "c4_adv" if FLAGS.model == "c4" else "adv_inception_v3"
@@ -36,14 +36,34 @@ def main(_):
     judges = {"bilateral": defended, "adversarially_trained": adversarially_trained}
     # The attacker cannot query the targets, so iterative attacks spend their whole budget instead of stopping
     # once the source is fooled (the paper's Table 3 distortions are those of the full budget).
+    judged_weights = {
+        "bilateral": {
+            "sigma_d": FLAGS.bilateral_sigma_d,
+            "sigma_r": FLAGS.bilateral_sigma_r,
+            "radius": FLAGS.bilateral_radius,
+        },
+        "adversarially_trained": experiment.checkpoint_fingerprint(
+            adv_name, FLAGS.dataset, FLAGS.target_checkpoint, FLAGS.seed
+        ),
+    }
     records, out_dir = experiment.run(
-        "transfer", source, dataset, single_run=True, evaluate_on=judges, defaults={"early_stop": False}
+        "transfer",
+        source,
+        dataset,
+        single_run=True,
+        evaluate_on=judges,
+        defaults={"early_stop": False},
+        judges=judged_weights,
     )
     if records is not None:
         for name in judges:
-            print(experiment.report(records, out_dir, f"Transfer {FLAGS.model} -> {name}", name, suffix=name))
+            print(
+                experiment.report(
+                    records, out_dir, f"Transfer {FLAGS.model} -> {name}, {FLAGS.protocol} protocol", name, suffix=name
+                )
+            )
         print(f"results in {out_dir}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiment.run_script(main)

@@ -4,12 +4,14 @@
     python scripts/white_box.py --dataset=nips17 --data_dir=DIR --model=inception_v3 \
         --checkpoint=models/inception_v3.ckpt
 
-Rerunning the same command resumes; --num_shards/--shard_index split the images (merge with
-scripts/merge_results.py).
+--protocol=paper (default: the authors' C&W / sC&W, one binary-search step) or --protocol=strong (5 steps);
+each protocol has its own results folder. Rerunning the same command resumes; --num_shards/--shard_index
+split the images (merge with scripts/merge_results.py).
 """
 
-from absl import app, flags
+from absl import flags
 
+from smoothadv_tf import attacks as attacks_lib
 from smoothadv_tf import experiment
 
 FLAGS = flags.FLAGS
@@ -18,14 +20,16 @@ flags.DEFINE_boolean("save_images", False, "also write the adversarial images as
 
 
 def main(_):
-    experiment.check_attacks(FLAGS.attacks)
+    experiment.validate_common_flags()
     dataset = experiment.load_data(FLAGS.dataset)
     model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
     records, out_dir = experiment.run("white_box", model, dataset, save_images=FLAGS.save_images)
     if records is not None:
-        print(experiment.report(records, out_dir, f"White box: {FLAGS.dataset} / {FLAGS.model}"))
+        title = f"White box: {FLAGS.dataset} / {FLAGS.model}, {FLAGS.protocol} protocol"
+        print(experiment.report(records, out_dir, title))
+        print(f"Protocol: {attacks_lib.PROTOCOL_DESCRIPTIONS[FLAGS.protocol]}.")
         print(f"results in {out_dir}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiment.run_script(main)

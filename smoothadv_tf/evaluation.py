@@ -50,13 +50,22 @@ def shard_indices(num_images: int, num_shards: int = 1, shard_index: int = 0) ->
     return np.arange(num_images)[np.arange(num_images) % num_shards == shard_index]
 
 
-def attack_runs(attack: str, preset: str, single_run: bool = False, overrides: dict | None = None) -> list[dict]:
-    """The parameter sets one attack runs with: one per target ε, or the preset alone. `overrides` (e.g.
-    ``{"iterations": 20}``) apply to every attack that takes the parameter; ε in overrides disables the sweep."""
+def attack_runs(
+    attack: str,
+    preset: str,
+    single_run: bool = False,
+    overrides: dict | None = None,
+    protocol: str = attacks_lib.DEFAULT_PROTOCOL,
+) -> list[dict]:
+    """The parameter sets one attack runs with under `protocol`: one per target ε, or the preset alone.
+    `overrides` (e.g. ``{"iterations": 20}``) apply to every attack that takes the parameter; ε in overrides
+    disables the sweep."""
     import inspect
 
     accepted = inspect.signature(attacks_lib.ATTACKS[attack]).parameters
-    params = attacks_lib.preset(preset, attack, **{k: v for k, v in (overrides or {}).items() if k in accepted})
+    params = attacks_lib.preset(
+        preset, attack, protocol, **{k: v for k, v in (overrides or {}).items() if k in accepted}
+    )
     if attack not in DISTORTION_TARGETING or single_run or "epsilon" in (overrides or {}):
         return [params]
     return [{**params, "epsilon": eps} for eps in TARGETS[preset][attack]]
@@ -108,8 +117,9 @@ def read_records(path: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-def per_image_outcomes(records: Sequence[dict], evaluated_on: str = "self") -> dict:
-    """{attack: {image_id: minimum successful D or None}} over the images the model classified correctly."""
+def best_records(records: Sequence[dict], evaluated_on: str = "self") -> dict:
+    """{attack: {image_id: its least-distortion successful record, or None}} over the images the model
+    classified correctly (§5.1: a swept attack succeeds if any run does, with the minimum D)."""
     correct = {
         r["image_id"]
         for r in records
@@ -120,10 +130,18 @@ def per_image_outcomes(records: Sequence[dict], evaluated_on: str = "self") -> d
         if r["attack"] == "clean" or r.get("evaluated_on", "self") != evaluated_on or r["image_id"] not in correct:
             continue
         best = out[r["attack"]].get(r["image_id"])
-        if r["success"] and (best is None or r["distortion"] < best):
-            best = r["distortion"]
+        if r["success"] and (best is None or r["distortion"] < best["distortion"]):
+            best = r
         out[r["attack"]][r["image_id"]] = best
     return out
+
+
+def per_image_outcomes(records: Sequence[dict], evaluated_on: str = "self") -> dict:
+    """{attack: {image_id: minimum successful D or None}} over the images the model classified correctly."""
+    return {
+        attack: {i: (r["distortion"] if r is not None else None) for i, r in per.items()}
+        for attack, per in best_records(records, evaluated_on).items()
+    }
 
 
 def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
@@ -199,9 +217,10 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
 
 
 def _atomic_write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: shards writing the same file never share a temporary
+    with open(tmp, "w") as f:
         f.write(text)
-    os.replace(path + ".tmp", path)
+    os.replace(tmp, path)
 
 
 def plot_operating_characteristic(
@@ -251,17 +270,21 @@ def run_experiment(
     save_images_dir: str | None = None,
     progress: bool = True,
     overrides: dict | None = None,
+    protocol: str = attacks_lib.DEFAULT_PROTOCOL,
+    run_id: str | None = None,
 ) -> None:
-    """Attack `model` on dataset[indices] and append per-image records to `store`.
+    """Attack `model` on dataset[indices] under `protocol` and append per-image records to `store`.
 
     `evaluate_on` maps names to other models on which the adversarial images are judged instead (transfer,
     §5.4); by default they are judged on `model` itself ("self"). Images with label -1 take the model's
-    own prediction as their label.
+    own prediction as their label. Every record carries the protocol and `run_id` (see
+    :func:`smoothadv_tf.experiment.run_identity`), so records of different runs can always be told apart.
     """
     from tqdm import tqdm
 
     judges = evaluate_on or {"self": model}
-    runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run, overrides)]
+    runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run, overrides, protocol)]
+    tags = {"protocol": protocol, "run_id": run_id}
     bar = tqdm(total=len(indices) * len(runs), desc="attack runs x images", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
@@ -285,6 +308,7 @@ def run_experiment(
                             "label": int(y[k]),
                             "prediction": int(pred[k]),
                             "correct": correct,
+                            **tags,
                         }
                     )
         store.append(clean)
@@ -318,6 +342,7 @@ def run_experiment(
                             "prediction": int(pred[j]),
                             "smoothness": float(smooth[j]),
                             "iterations": int(result.iterations[j]),
+                            **tags,
                         }
                     )
             if save_images_dir:

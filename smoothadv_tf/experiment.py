@@ -1,15 +1,26 @@
-"""What the experiment scripts share: the common flags, model loading and the output layout.
+"""What the experiment scripts share: the common flags, model loading, the output layout and run identity.
 
-Outputs go to ``<output_dir>/<experiment>/<dataset>-<model>/``: ``records.jsonl`` (or one file per shard),
-``summary.json``, ``table.md``, ``table.csv`` and ``operating_characteristic.png``.
+Outputs go to ``<output_dir>/<experiment>/<dataset>-<model>/<protocol>/``: ``run.json`` (the run's identity),
+``records.jsonl`` (or one file per shard), ``summary.json``, ``table.md``, ``table.csv`` and
+``operating_characteristic.png``.
+
+A run is identified by everything that decides its results (:func:`run_identity`): dataset content, model and
+checkpoint content, seed, preset, protocol and every attack's parameters after overrides (not the number of
+images: asking for more extends a run). The protocol is part of the path, so the two protocols never share a
+folder; any other difference with the ``run.json`` already there is refused with a message saying what differs,
+so a resume never mixes two runs. Every record carries the protocol and the run id.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import inspect
+import json
 import os
+import sys
 
-from absl import flags, logging
+from absl import app, flags, logging
 
 from smoothadv_tf import attacks as attacks_lib
 from smoothadv_tf import data as data_lib
@@ -27,12 +38,20 @@ def define_common_flags(default_attacks=tuple(attacks_lib.ATTACKS), default_num_
     flags.DEFINE_string("checkpoint", None, "checkpoint: .keras file for C4, slim .ckpt prefix for ImageNet models")
     flags.DEFINE_list("attacks", list(default_attacks), f"comma list from {list(attacks_lib.ATTACKS)}")
     flags.DEFINE_enum("preset", None, list(attacks_lib.PRESETS), "attack parameters (default: from the dataset)")
+    flags.DEFINE_enum(
+        "protocol",
+        attacks_lib.DEFAULT_PROTOCOL,
+        list(attacks_lib.PROTOCOLS),
+        "how C&W / sC&W run: 'paper' = the authors' code (1 binary-search step x 100 iterations at the §5.2 "
+        "constant, margin-judged best iterate); 'strong' = 5 x 100 binary search over c",
+    )
     flags.DEFINE_integer("num_images", default_num_images, "first N test images (before sharding)")
     flags.DEFINE_integer("batch_size", 100, "images per attack batch")
     flags.DEFINE_string("output_dir", "results", "root of the results tree")
     flags.DEFINE_integer("num_shards", 1, "split the images into this many shards")
     flags.DEFINE_integer("shard_index", 0, "which shard this process runs")
     flags.DEFINE_integer("seed", 0, "random seed (C4 training)")
+    flags.DEFINE_integer("c4_epochs", 6, "training epochs of a C4 trained here (part of its cache name)")
     flags.DEFINE_list(
         "attack_params",
         [],
@@ -41,13 +60,47 @@ def define_common_flags(default_attacks=tuple(attacks_lib.ATTACKS), default_num_
     )
 
 
+def run_script(main) -> None:
+    """``app.run(main)``, with usage, data and checkpoint errors reported as one line on stderr and exit status
+    2 instead of absl's help text or a traceback (``--verbosity=1`` shows the traceback too)."""
+    from smoothadv_tf.data import DataError
+    from smoothadv_tf.models.slim import CheckpointError
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except (app.UsageError, DataError, CheckpointError) as e:
+            if FLAGS.verbosity > 0:
+                raise
+            sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {e}\n")
+            sys.exit(2)
+
+    app.run(guarded)
+
+
+def validate_common_flags() -> None:
+    """Check the common flags before any data or model is loaded."""
+    if FLAGS.num_images < 1:
+        raise app.UsageError(f"--num_images={FLAGS.num_images}: must be at least 1")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
+    if FLAGS.c4_epochs < 1:
+        raise app.UsageError(f"--c4_epochs={FLAGS.c4_epochs}: must be at least 1")
+    if FLAGS.num_shards < 1 or not 0 <= FLAGS.shard_index < FLAGS.num_shards:
+        raise app.UsageError(
+            f"--num_shards={FLAGS.num_shards}, --shard_index={FLAGS.shard_index}: need 0 <= index < shards"
+        )
+    check_attacks(FLAGS.attacks)
+    attack_overrides()
+
+
 def attack_overrides() -> dict:
     """Parse --attack_params (numbers become int/float, true/false booleans)."""
     out = {}
     for item in FLAGS.attack_params:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--attack_params: {item!r} is not key=value")
+            raise app.UsageError(f"--attack_params: {item!r} is not key=value")
         for cast in (int, float):
             try:
                 out[key] = cast(value)
@@ -59,7 +112,7 @@ def attack_overrides() -> dict:
     known = {p for fn in attacks_lib.ATTACKS.values() for p in inspect.signature(fn).parameters}
     unknown = sorted(set(out) - known)
     if unknown:
-        raise ValueError(f"--attack_params: no attack takes {unknown}")
+        raise app.UsageError(f"--attack_params: no attack takes {unknown}")
     return out
 
 
@@ -70,28 +123,41 @@ def preset_for(dataset: str) -> str:
 def check_attacks(names) -> list[str]:
     unknown = [a for a in names if a not in attacks_lib.ATTACKS]
     if unknown:
-        raise ValueError(f"--attacks: unknown {unknown}; expected names from {list(attacks_lib.ATTACKS)}")
+        raise app.UsageError(f"--attacks: unknown {unknown}; expected names from {list(attacks_lib.ATTACKS)}")
     return list(names)
 
 
+def c4_cache_path(name: str, dataset: str, seed: int, epochs: int = 6) -> str:
+    """Where a C4 trained here is cached: one file per dataset, training mode (c4 / c4_adv), seed and epochs."""
+    suffix = "" if epochs == 6 else f"_epochs{epochs}"
+    return os.path.join(MODELS_DIR, f"{name}_{dataset}_seed{seed}{suffix}.keras")
+
+
+def c4_epochs() -> int:
+    """--c4_epochs where the script defines the common flags, else the standard 6."""
+    return FLAGS.c4_epochs if "c4_epochs" in FLAGS else 6
+
+
 def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int = 0):
-    """A model with the [0,1] -> logits contract. C4 is trained once per dataset and cached under models/."""
+    """A model with the [0,1] -> logits contract. C4 is trained once per (dataset, mode, seed, epochs) and
+    cached under models/."""
     if name in ("c4", "c4_adv"):
         from smoothadv_tf.models import load_or_train_c4
 
-        path = checkpoint or os.path.join(MODELS_DIR, f"{name}_{dataset}.keras")
+        path = checkpoint or c4_cache_path(name, dataset, seed, c4_epochs())
         return load_or_train_c4(
             path,
             dataset,
             FLAGS.data_dir if dataset == "mnist" else None,
             adversarial_training=name == "c4_adv",
             seed=seed,
+            epochs=c4_epochs(),
         )
     from smoothadv_tf.models import slim
 
     if checkpoint is None:
         default = os.path.join(MODELS_DIR, slim.CHECKPOINTS[name])
-        raise ValueError(
+        raise app.UsageError(
             f"--model={name} needs --checkpoint (expected e.g. {default}; "
             "see models/README.md and scripts/download_checkpoints.py)"
         )
@@ -102,8 +168,116 @@ def load_data(dataset: str, image_size: int = 299):
     return data_lib.load_dataset(dataset, FLAGS.data_dir, "test", image_size)
 
 
-def output_dir(experiment: str, dataset: str, model: str) -> str:
-    return os.path.join(FLAGS.output_dir, experiment, f"{dataset}-{model}")
+def output_dir(experiment: str, dataset: str, model: str, protocol: str | None = None) -> str:
+    return os.path.join(FLAGS.output_dir, experiment, f"{dataset}-{model}", protocol or FLAGS.protocol)
+
+
+# ------------------------------------------------------------------------------------------- run identity
+def fingerprint_files(paths) -> str:
+    """SHA-256 (first 16 hex digits) of the files' contents, in sorted path order."""
+    h = hashlib.sha256()
+    for path in sorted(paths):
+        h.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def checkpoint_fingerprint(name: str, dataset: str, checkpoint: str | None, seed: int) -> str:
+    """Content hash of the weights a model name + --checkpoint resolve to (call after loading the model)."""
+    path = checkpoint or (c4_cache_path(name, dataset, seed, c4_epochs()) if name.startswith("c4") else None)
+    if path is None:
+        return "none"
+    files = [path] if os.path.isfile(path) else glob.glob(glob.escape(path) + ".*")  # slim prefix: .index, .data-*
+    files = [f for f in files if not f.endswith(".meta")]
+    return fingerprint_files(files) if files else "missing"
+
+
+def dataset_fingerprint(dataset) -> str:
+    """Content hash of the images, labels and ids a run draws from."""
+    h = hashlib.sha256()
+    h.update(dataset.images.tobytes())
+    h.update(dataset.labels.tobytes())
+    h.update("\n".join(dataset.ids).encode())
+    return h.hexdigest()[:16]
+
+
+def run_identity(experiment: str, dataset, *, single_run=False, defaults=None, judges=None) -> dict:
+    """Everything that decides the results of this run (from the flags), with every attack's parameter sets."""
+    overrides = {**(defaults or {}), **attack_overrides()}
+    preset = preset_for(FLAGS.dataset)
+    return {
+        "experiment": experiment,
+        "dataset": FLAGS.dataset,
+        "data": dataset_fingerprint(dataset),
+        "model": FLAGS.model,
+        "checkpoint": checkpoint_fingerprint(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed),
+        "seed": FLAGS.seed,
+        "preset": preset,
+        "protocol": FLAGS.protocol,
+        "single_run": bool(single_run),
+        "judges": dict(judges or {}),
+        "attacks": {
+            a: evaluation.attack_runs(a, preset, single_run, overrides, FLAGS.protocol)
+            for a in check_attacks(FLAGS.attacks)
+        },
+    }
+
+
+def run_id(identity: dict) -> str:
+    """Short id of a run's common identity (the attacks' parameters are checked one attack at a time)."""
+    common = {k: v for k, v in identity.items() if k != "attacks"}
+    return hashlib.sha256(json.dumps(common, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def identity_differences(recorded: dict, now: dict) -> list[str]:
+    """What differs between a recorded run identity and this one; attacks only one of them has are fine."""
+    diffs = [
+        f"{key}: recorded {recorded.get(key)!r}, now {now.get(key)!r}"
+        for key in sorted(set(recorded) | set(now))
+        if key != "attacks" and recorded.get(key) != now.get(key)
+    ]
+    for attack, runs in now.get("attacks", {}).items():
+        before = recorded.get("attacks", {}).get(attack)
+        if before is not None and before != runs:
+            changed = sorted(
+                {k for old, new in zip(before, runs) for k in set(old) | set(new) if old.get(k) != new.get(k)}
+            ) or ["number of target runs"]
+            diffs.append(f"{attack} parameters {changed}")
+    return diffs
+
+
+def claim_run(out_dir: str, identity: dict) -> str:
+    """Record the identity in out_dir/run.json, or check it against the one there; return the run id.
+    A different run in the same folder is refused (exit 2) with what differs."""
+    path = os.path.join(out_dir, "run.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        diffs = identity_differences(recorded, identity)
+        if diffs:
+            raise app.UsageError(
+                f"{out_dir} holds another run ({'; '.join(diffs)}): pass another --output_dir to keep both, "
+                "or remove that folder"
+            )
+        identity = {**identity, "attacks": {**recorded.get("attacks", {}), **identity["attacks"]}}
+    os.makedirs(out_dir, exist_ok=True)
+    evaluation._atomic_write(path, json.dumps(identity, indent=2, sort_keys=True))
+    return run_id(identity)
+
+
+def recorded_params(out_dir: str, attack: str, target) -> dict:
+    """The parameters a recorded run used for `attack` (at distortion target `target`), from its run.json."""
+    path = os.path.join(out_dir, "run.json")
+    if not os.path.exists(path):
+        raise app.UsageError(f"{path} not found: run the experiment with the same flags first")
+    with open(path) as f:
+        runs = json.load(f)["attacks"].get(attack)
+    for params in runs or []:
+        if target is None or params.get("epsilon") == target:
+            return params
+    raise app.UsageError(f"{path}: no recorded parameters for {attack} at target {target}")
 
 
 def records_path(out_dir: str) -> str:
@@ -133,12 +307,17 @@ def run(
     evaluate_on=None,
     save_images: bool = False,
     defaults: dict | None = None,
+    judges: dict | None = None,
 ):
     """Run (or resume) this process's shard of an experiment from the common flags; return (records, out_dir).
 
-    `defaults` are attack-parameter overrides of the experiment itself (--attack_params still wins). The
-    records are None for a shard of several (merge them with scripts/merge_results.py)."""
+    `defaults` are attack-parameter overrides of the experiment itself (--attack_params still wins); `judges`
+    names the judged models' weights (for the run identity). The records are None for a shard of several
+    (merge them with scripts/merge_results.py)."""
     out_dir = output_dir(experiment, FLAGS.dataset, FLAGS.model)
+    identity = run_identity(experiment, dataset, single_run=single_run, defaults=defaults, judges=judges)
+    rid = claim_run(out_dir, identity)
+    logging.info("run %s (protocol %s) in %s", rid, FLAGS.protocol, out_dir)
     store = evaluation.RecordStore(records_path(out_dir))
     indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
     evaluation.run_experiment(
@@ -153,6 +332,8 @@ def run(
         evaluate_on=evaluate_on,
         save_images_dir=f"{out_dir}/images" if save_images else None,
         overrides={**(defaults or {}), **attack_overrides()},
+        protocol=FLAGS.protocol,
+        run_id=rid,
     )
     if FLAGS.num_shards > 1:
         print(f"shard {FLAGS.shard_index}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")

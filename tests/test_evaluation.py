@@ -64,6 +64,18 @@ def test_truncated_last_line_is_dropped_but_corruption_elsewhere_is_an_error(tmp
         evaluation.read_records(str(path))
 
 
+def assert_same_summary(a: dict, b: dict) -> None:
+    """Two summaries of the same run computed over different batch compositions (a resume, shards). TF does
+    not promise bit-identical kernels across batch sizes, so distortions are compared to 1e-4 relative; the
+    clean and attack decisions (counts) must be the same."""
+    assert {k: a[k] for k in ("images", "correct", "accuracy")} == {k: b[k] for k in ("images", "correct", "accuracy")}
+    assert list(a["attacks"]) == list(b["attacks"])
+    for attack, row in a["attacks"].items():
+        other = b["attacks"][attack]
+        assert (row["images"], row["successes"]) == (other["images"], other["successes"]), attack
+        assert row["mean_distortion"] == pytest.approx(other["mean_distortion"], rel=1e-4), attack
+
+
 def _script(name, *args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
     return [sys.executable, os.path.join(ROOT, "scripts", name), *args], env
@@ -84,7 +96,7 @@ def test_white_box_resumes_after_kill_and_shards_merge(tmp_path, c4_path):
     # 1. uninterrupted
     cmd, env = _script("white_box.py", *common, f"--output_dir={tmp_path}/full")
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    full_dir = tmp_path / "full/white_box/fashion_mnist-c4"
+    full_dir = tmp_path / "full/white_box/fashion_mnist-c4/paper"
     full = json.loads((full_dir / "summary.json").read_text())
     assert full["images"] == 60 and set(full["attacks"]) == {"fgsm", "pgd2", "carlini_wagner_l2"}
     for name in ("table.md", "table.csv", "operating_characteristic.png"):
@@ -92,7 +104,7 @@ def test_white_box_resumes_after_kill_and_shards_merge(tmp_path, c4_path):
 
     # 2. killed mid-way (SIGKILL once some batches are recorded), then rerun with the same command
     cmd, env = _script("white_box.py", *common, f"--output_dir={tmp_path}/killed")
-    records = tmp_path / "killed/white_box/fashion_mnist-c4/records.jsonl"
+    records = tmp_path / "killed/white_box/fashion_mnist-c4/paper/records.jsonl"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -106,7 +118,7 @@ def test_white_box_resumes_after_kill_and_shards_merge(tmp_path, c4_path):
     assert 0 < done_before < 60 * (1 + 6 + 6 + 1)
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     resumed = json.loads((records.parent / "summary.json").read_text())
-    assert resumed == full
+    assert_same_summary(resumed, full)
     keys = [evaluation.record_key(r) for r in evaluation.read_records(str(records))]
     assert len(keys) == len(set(keys))  # nothing attacked twice
 
@@ -116,10 +128,10 @@ def test_white_box_resumes_after_kill_and_shards_merge(tmp_path, c4_path):
             "white_box.py", *common, f"--output_dir={tmp_path}/sharded", "--num_shards=2", f"--shard_index={k}"
         )
         subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-    cmd, env = _script("merge_results.py", f"--results_dir={tmp_path}/sharded/white_box/fashion_mnist-c4")
+    cmd, env = _script("merge_results.py", f"--results_dir={tmp_path}/sharded/white_box/fashion_mnist-c4/paper")
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
-    merged = json.loads((tmp_path / "sharded/white_box/fashion_mnist-c4/summary.json").read_text())
-    assert merged == full
+    merged = json.loads((tmp_path / "sharded/white_box/fashion_mnist-c4/paper/summary.json").read_text())
+    assert_same_summary(merged, full)
 
 
 @pytest.mark.slow
@@ -137,7 +149,7 @@ def test_transfer_script_judges_on_both_targets(tmp_path, c4_path):
     )
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = tmp_path / "transfer/fashion_mnist-c4"
+    out = tmp_path / "transfer/fashion_mnist-c4/paper"
     bilateral = json.loads((out / "bilateral/summary.json").read_text())
     same = json.loads((out / "adversarially_trained/summary.json").read_text())
     # The "adversarially trained" target here is the source itself: transfer = white box, single run at ε = 5.
@@ -146,3 +158,66 @@ def test_transfer_script_judges_on_both_targets(tmp_path, c4_path):
     assert same["attacks"]["pgd2"]["p_suc"] > 0.9
     # A bilateral filter (σ_d 0.5, radius 5) in front changes the classifier a little, not completely.
     assert 0.5 < bilateral["accuracy"] <= 1.0 and bilateral["images"] == 30
+
+
+def test_run_identity_differences_name_what_changed():
+    from smoothadv_tf import experiment
+
+    base = {
+        "model": "c4",
+        "checkpoint": "abc",
+        "protocol": "paper",
+        "attacks": {"fgsm": [{"epsilon": 0.1}, {"epsilon": 0.2}], "carlini_wagner_l2": [{"iterations": 20}]},
+    }
+    assert experiment.identity_differences(base, base) == []
+    # another attack, or fewer attacks, extend the run; anything else is a different run
+    assert experiment.identity_differences(base, {**base, "attacks": {"pgd2": [{"epsilon": 1.0}]}}) == []
+    changed = {**base, "checkpoint": "abd", "attacks": {"carlini_wagner_l2": [{"iterations": 100}]}}
+    diffs = experiment.identity_differences(base, changed)
+    assert diffs == ["checkpoint: recorded 'abc', now 'abd'", "carlini_wagner_l2 parameters ['iterations']"]
+    fewer = {**base, "attacks": {"fgsm": [{"epsilon": 0.1}]}}
+    assert experiment.identity_differences(base, fewer) == ["fgsm parameters ['number of target runs']"]
+    assert experiment.run_id(base) != experiment.run_id({**base, "protocol": "strong"})
+    assert experiment.run_id(base) == experiment.run_id({**base, "attacks": {}})
+
+
+@pytest.mark.slow
+def test_a_resume_never_mixes_runs(tmp_path, c4_path):
+    """Protocols go to their own folders; changed parameters are refused with what differs (exit 2, one line,
+    nothing written); another attack extends the run; every record carries the protocol and the run id."""
+    common = ["--dataset=fashion_mnist", "--model=c4", f"--checkpoint={c4_path}", "--num_images=20", "--batch_size=20"]
+    out = [f"--output_dir={tmp_path}"]
+    cmd, env = _script("white_box.py", *common, *out, "--attacks=fgsm")
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    paper_dir = tmp_path / "white_box/fashion_mnist-c4/paper"
+    before = (paper_dir / "records.jsonl").read_text()
+
+    cmd, env = _script("white_box.py", *common, *out, "--attacks=fgsm", "--attack_params=epsilon=0.1")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "fgsm parameters ['epsilon']" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert (paper_dir / "records.jsonl").read_text() == before
+
+    cmd, env = _script(
+        "white_box.py", *common, *out, "--attacks=fgsm,carlini_wagner_l2", "--attack_params=iterations=5"
+    )
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    cmd, env = _script(
+        "white_box.py",
+        *common,
+        *out,
+        "--protocol=strong",
+        "--attacks=carlini_wagner_l2",
+        "--attack_params=iterations=5",
+    )
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    for protocol, attacks_run in (("paper", {"fgsm", "carlini_wagner_l2"}), ("strong", {"carlini_wagner_l2"})):
+        folder = tmp_path / "white_box/fashion_mnist-c4" / protocol
+        records = evaluation.read_records(str(folder / "records.jsonl"))
+        identity = json.loads((folder / "run.json").read_text())
+        assert identity["protocol"] == protocol and set(identity["attacks"]) == attacks_run
+        assert {r["protocol"] for r in records} == {protocol}
+        assert len({r["run_id"] for r in records}) == 1
+        assert {r["attack"] for r in records} == attacks_run | {"clean"}
+    strong_cw = json.loads((tmp_path / "white_box/fashion_mnist-c4/strong/run.json").read_text())["attacks"]
+    assert strong_cw["carlini_wagner_l2"][0]["binary_search_steps"] == 5

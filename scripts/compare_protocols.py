@@ -1,0 +1,97 @@
+"""Put the two protocols' results of one experiment side by side: P_suc, D̄ and smoothness of every attack
+under `paper` and `strong`, and one operating-characteristic plot with both (paper solid, strong dashed).
+
+    python scripts/white_box.py --protocol=paper  ...   # then the same with --protocol=strong
+    python scripts/compare_protocols.py --results_dir=results/white_box/fashion_mnist-c4
+
+Reads <results_dir>/{paper,strong}/records.jsonl; writes <results_dir>/protocols.md (and protocols_<judge>.md
+for transfer runs) and protocols_operating_characteristic[_<judge>].png.
+"""
+
+import os
+
+import numpy as np
+from absl import app, flags
+
+from smoothadv_tf import attacks as attacks_lib
+from smoothadv_tf import evaluation, experiment
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("results_dir", None, "an experiment folder holding paper/ and strong/", required=True)
+
+PROTOCOLS = ("paper", "strong")
+
+
+def main(_):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = {}
+    for protocol in PROTOCOLS:
+        path = os.path.join(FLAGS.results_dir, protocol, "records.jsonl")
+        if not os.path.exists(path):
+            raise app.UsageError(f"{path} not found: run the experiment with --protocol={protocol} first")
+        records[protocol] = evaluation.read_records(path)
+    judges = sorted({r.get("evaluated_on", "self") for r in records["paper"]})
+    for judge in judges:
+        summaries = {p: evaluation.summarize(records[p], judge) for p in PROTOCOLS}
+        best = {p: evaluation.best_records(records[p], judge) for p in PROTOCOLS}
+        lines = [
+            f"{FLAGS.results_dir}" + ("" if judge == "self" else f", judged on {judge}"),
+            "",
+            "accuracy "
+            + ", ".join(f"{p} {summaries[p]['accuracy']:.4f} ({summaries[p]['images']} images)" for p in PROTOCOLS),
+            "",
+            "| attack | P_suc paper | D̄ paper | smoothness paper | P_suc strong | D̄ strong | smoothness strong |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for attack in attacks_lib.ATTACKS:
+            cells = []
+            for p in PROTOCOLS:
+                row = summaries[p]["attacks"].get(attack)
+                if row is None:
+                    cells += ["", "", ""]
+                    continue
+                s = [r["smoothness"] for r in best[p].get(attack, {}).values() if r is not None]
+                cells += [f"{row['p_suc']:.3f}", f"{row['mean_distortion']:.3f}", f"{np.mean(s):.3f}" if s else ""]
+            if any(cells):
+                lines.append(f"| {attacks_lib.DISPLAY_NAMES[attack]} | " + " | ".join(cells) + " |")
+        table = "\n".join(lines) + "\n"
+        suffix = "" if judge == "self" else f"_{judge}"
+        evaluation._atomic_write(os.path.join(FLAGS.results_dir, f"protocols{suffix}.md"), table)
+        print(table)
+
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        outcomes = {p: evaluation.per_image_outcomes(records[p], judge) for p in PROTOCOLS}
+        d_max = max(
+            (v for o in outcomes.values() for per in o.values() for v in per.values() if v is not None), default=1.0
+        )
+        grid = np.linspace(0, d_max * 1.02, 400)
+        colors = {a: f"C{k}" for k, a in enumerate(attacks_lib.ATTACKS)}
+        for p, style in (("paper", "-"), ("strong", "--")):
+            for attack, per in outcomes[p].items():
+                if p == "strong" and attack not in attacks_lib.OPTIMALITY_ATTACKS:
+                    continue  # the other attacks are the same under both protocols
+                curve = evaluation.operating_characteristic(list(per.values()), grid)
+                label = attacks_lib.DISPLAY_NAMES[attack] + (
+                    f" ({p})" if attack in attacks_lib.OPTIMALITY_ATTACKS else ""
+                )
+                ax.plot(grid, curve, style, color=colors[attack], label=label)
+        ax.set_xlabel("distortion D (L2, [0,1] pixels)")
+        ax.set_ylabel("P(D): probability of success")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_title("paper protocol (solid) vs strong (dashed)" + ("" if judge == "self" else f", on {judge}"))
+        fig.tight_layout()
+        path = os.path.join(FLAGS.results_dir, f"protocols_operating_characteristic{suffix}.png")
+        fig.savefig(path + ".tmp.png", dpi=120)
+        plt.close(fig)
+        os.replace(path + ".tmp.png", path)
+    print(f"wrote {FLAGS.results_dir}/protocols*.md and protocols_operating_characteristic*.png")
+
+
+if __name__ == "__main__":
+    experiment.run_script(main)

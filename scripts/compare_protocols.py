@@ -4,7 +4,7 @@ under `paper` and `strong`, and one operating-characteristic plot with both (pap
     python scripts/white_box.py --protocol=paper  ...   # then the same with --protocol=strong
     python scripts/compare_protocols.py --results_dir=results/white_box/fashion_mnist-c4
 
-Reads <results_dir>/{paper,strong}/records.jsonl; writes <results_dir>/protocols.md (and protocols_<judge>.md
+Reads <results_dir>/{paper,strong}/records.jsonl, keeps the images both runs attacked, writes <results_dir>/protocols.md (and protocols_<judge>.md
 for transfer runs) and protocols_operating_characteristic[_<judge>].png.
 """
 
@@ -34,6 +34,9 @@ def main(_):
         if not os.path.exists(path):
             raise app.UsageError(f"{path} not found: run the experiment with --protocol={protocol} first")
         records[protocol] = evaluation.read_records(path)
+    # Compare on the same images: a run of one protocol may cover fewer images than the other's.
+    common = set.intersection(*({r["image_id"] for r in rs if r["attack"] == "clean"} for rs in records.values()))
+    records = {p: [r for r in rs if r["image_id"] in common] for p, rs in records.items()}
     judges = sorted({r.get("evaluated_on", "self") for r in records["paper"]})
     for judge in judges:
         summaries = {p: evaluation.summarize(records[p], judge) for p in PROTOCOLS}
@@ -52,7 +55,8 @@ def main(_):
             for p in PROTOCOLS:
                 row = summaries[p]["attacks"].get(attack)
                 if row is None:
-                    cells += ["", "", ""]
+                    same = p == "strong" and attack not in attacks_lib.OPTIMALITY_ATTACKS and cells[0]
+                    cells += ["as paper" if same else "", "", ""]  # only C&W / sC&W differ between protocols
                     continue
                 s = [r["smoothness"] for r in best[p].get(attack, {}).values() if r is not None]
                 cells += [f"{row['p_suc']:.3f}", f"{row['mean_distortion']:.3f}", f"{np.mean(s):.3f}" if s else ""]

@@ -4,10 +4,13 @@ under `paper` and `strong`, and one operating-characteristic plot with both (pap
     python scripts/white_box.py --protocol=paper  ...   # then the same with --protocol=strong
     python scripts/compare_protocols.py --results_dir=results/white_box/fashion_mnist-c4
 
+The two runs must be the same run but for the protocol (their run.json files are compared).
+
 Reads <results_dir>/{paper,strong}/records.jsonl, keeps the images both runs attacked, writes <results_dir>/protocols.md (and protocols_<judge>.md
 for transfer runs) and protocols_operating_characteristic[_<judge>].png.
 """
 
+import json
 import os
 
 import numpy as np
@@ -28,6 +31,22 @@ def main(_):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    identities = {}
+    for protocol in PROTOCOLS:
+        path = os.path.join(FLAGS.results_dir, protocol, "run.json")
+        if not os.path.exists(path):
+            raise app.UsageError(f"{path} not found: run the experiment with --protocol={protocol} first")
+        with open(path) as f:
+            identity = json.load(f)
+        # Only the protocol and what it sets for C&W / sC&W may differ between the two runs.
+        identity.pop("protocol", None)
+        identity["attacks"] = {
+            a: runs for a, runs in identity.get("attacks", {}).items() if a not in attacks_lib.OPTIMALITY_ATTACKS
+        }
+        identities[protocol] = identity
+    diffs = experiment.identity_differences(identities["paper"], identities["strong"])
+    if diffs:
+        raise app.UsageError(f"{FLAGS.results_dir}: the two runs differ beyond the protocol ({'; '.join(diffs)})")
     records = {}
     for protocol in PROTOCOLS:
         path = os.path.join(FLAGS.results_dir, protocol, "records.jsonl")

@@ -1,6 +1,6 @@
 """Merge the per-shard records of one experiment folder and recompute its tables and curves.
 
-python scripts/merge_results.py --results_dir=results/white_box/fashion_mnist-c4
+python scripts/merge_results.py --results_dir=results/white_box/fashion_mnist-c4/paper
 """
 
 import glob
@@ -23,7 +23,9 @@ def main(_):
         for r in evaluation.read_records(path):
             key = evaluation.record_key(r)
             if key in seen:
-                raise ValueError(f"{path}: record {key} also appears in another shard")
+                raise app.UsageError(
+                    f"{path}: record {key} also appears in another shard (shard files of different --num_shards?)"
+                )
             seen.add(key)
             merged.append(r)
     store = evaluation.RecordStore(os.path.join(FLAGS.results_dir, "records.jsonl.merging"))

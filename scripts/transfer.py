@@ -42,9 +42,7 @@ def main(_):
             "sigma_r": FLAGS.bilateral_sigma_r,
             "radius": FLAGS.bilateral_radius,
         },
-        "adversarially_trained": experiment.checkpoint_fingerprint(
-            adv_name, FLAGS.dataset, FLAGS.target_checkpoint, FLAGS.seed
-        ),
+        "adversarially_trained": experiment.model_fingerprint(adversarially_trained),
     }
     records, out_dir = experiment.run(
         "transfer",

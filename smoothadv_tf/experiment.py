@@ -4,8 +4,8 @@ Outputs go to ``<output_dir>/<experiment>/<dataset>-<model>/<protocol>/``: ``run
 ``records.jsonl`` (or one file per shard), ``summary.json``, ``table.md``, ``table.csv`` and
 ``operating_characteristic.png``.
 
-A run is identified by everything that decides its results (:func:`run_identity`): dataset content, model and
-checkpoint content, seed, preset, protocol and every attack's parameters after overrides (not the number of
+A run is identified by everything that decides its results (:func:`run_identity`): dataset content, model name
+and weights (a hash of the loaded values), seed, preset, protocol and every attack's parameters after overrides (not the number of
 images: asking for more extends a run). The protocol is part of the path, so the two protocols never share a
 folder; any other difference with the ``run.json`` already there is refused with a message saying what differs,
 so a resume never mixes two runs. Every record carries the protocol and the run id.
@@ -13,13 +13,13 @@ so a resume never mixes two runs. Every record carries the protocol and the run 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import inspect
 import json
 import os
 import sys
 
+import numpy as np
 from absl import app, flags, logging
 
 from smoothadv_tf import attacks as attacks_lib
@@ -62,7 +62,7 @@ def define_common_flags(default_attacks=tuple(attacks_lib.ATTACKS), default_num_
 
 def run_script(main) -> None:
     """``app.run(main)``, with usage, data and checkpoint errors reported as one line on stderr and exit status
-    2 instead of absl's help text or a traceback (``--verbosity=1`` shows the traceback too)."""
+    2 instead of absl's help text or a traceback (``--verbosity=1`` lets absl report it as usual)."""
     from smoothadv_tf.data import DataError
     from smoothadv_tf.models.slim import CheckpointError
 
@@ -70,7 +70,7 @@ def run_script(main) -> None:
         try:
             return main(argv)
         except (app.UsageError, DataError, CheckpointError) as e:
-            if FLAGS.verbosity > 0:
+            if FLAGS.verbosity > 0:  # absl then prints its usage text for a UsageError, a traceback otherwise
                 raise
             sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {e}\n")
             sys.exit(2)
@@ -173,25 +173,18 @@ def output_dir(experiment: str, dataset: str, model: str, protocol: str | None =
 
 
 # ------------------------------------------------------------------------------------------- run identity
-def fingerprint_files(paths) -> str:
-    """SHA-256 (first 16 hex digits) of the files' contents, in sorted path order."""
+def model_fingerprint(model) -> str:
+    """Content hash of the model's weights as loaded: what was attacked, whatever file it came from (two shards
+    that each trained their own C4 get different hashes even if they wrote the same cache file)."""
+    weights = getattr(model, "weights", None)
+    if not weights:
+        return "unknown"
     h = hashlib.sha256()
-    for path in sorted(paths):
-        h.update(os.path.basename(path).encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+    for w in weights:
+        value = np.asarray(w)
+        h.update(str(value.shape).encode())
+        h.update(value.tobytes())
     return h.hexdigest()[:16]
-
-
-def checkpoint_fingerprint(name: str, dataset: str, checkpoint: str | None, seed: int) -> str:
-    """Content hash of the weights a model name + --checkpoint resolve to (call after loading the model)."""
-    path = checkpoint or (c4_cache_path(name, dataset, seed, c4_epochs()) if name.startswith("c4") else None)
-    if path is None:
-        return "none"
-    files = [path] if os.path.isfile(path) else glob.glob(glob.escape(path) + ".*")  # slim prefix: .index, .data-*
-    files = [f for f in files if not f.endswith(".meta")]
-    return fingerprint_files(files) if files else "missing"
 
 
 def dataset_fingerprint(dataset) -> str:
@@ -203,8 +196,9 @@ def dataset_fingerprint(dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def run_identity(experiment: str, dataset, *, single_run=False, defaults=None, judges=None) -> dict:
-    """Everything that decides the results of this run (from the flags), with every attack's parameter sets."""
+def run_identity(experiment: str, dataset, model, *, single_run=False, defaults=None, judges=None) -> dict:
+    """Everything that decides the results of this run (the flags, the data, the attacked model's weights),
+    with every attack's parameter sets."""
     overrides = {**(defaults or {}), **attack_overrides()}
     preset = preset_for(FLAGS.dataset)
     return {
@@ -212,7 +206,7 @@ def run_identity(experiment: str, dataset, *, single_run=False, defaults=None, j
         "dataset": FLAGS.dataset,
         "data": dataset_fingerprint(dataset),
         "model": FLAGS.model,
-        "checkpoint": checkpoint_fingerprint(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed),
+        "weights": model_fingerprint(model),
         "seed": FLAGS.seed,
         "preset": preset,
         "protocol": FLAGS.protocol,
@@ -251,19 +245,23 @@ def identity_differences(recorded: dict, now: dict) -> list[str]:
 def claim_run(out_dir: str, identity: dict) -> str:
     """Record the identity in out_dir/run.json, or check it against the one there; return the run id.
     A different run in the same folder is refused (exit 2) with what differs."""
+    import fcntl
+
     path = os.path.join(out_dir, "run.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            recorded = json.load(f)
-        diffs = identity_differences(recorded, identity)
-        if diffs:
-            raise app.UsageError(
-                f"{out_dir} holds another run ({'; '.join(diffs)}): pass another --output_dir to keep both, "
-                "or remove that folder"
-            )
-        identity = {**identity, "attacks": {**recorded.get("attacks", {}), **identity["attacks"]}}
     os.makedirs(out_dir, exist_ok=True)
-    evaluation._atomic_write(path, json.dumps(identity, indent=2, sort_keys=True))
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # shards starting together: check and merge one at a time
+        if os.path.exists(path):
+            with open(path) as f:
+                recorded = json.load(f)
+            diffs = identity_differences(recorded, identity)
+            if diffs:
+                raise app.UsageError(
+                    f"{out_dir} holds another run ({'; '.join(diffs)}): pass another --output_dir to keep both, "
+                    "or remove that folder"
+                )
+            identity = {**identity, "attacks": {**recorded.get("attacks", {}), **identity["attacks"]}}
+        evaluation._atomic_write(path, json.dumps(identity, indent=2, sort_keys=True))
     return run_id(identity)
 
 
@@ -315,7 +313,7 @@ def run(
     names the judged models' weights (for the run identity). The records are None for a shard of several
     (merge them with scripts/merge_results.py)."""
     out_dir = output_dir(experiment, FLAGS.dataset, FLAGS.model)
-    identity = run_identity(experiment, dataset, single_run=single_run, defaults=defaults, judges=judges)
+    identity = run_identity(experiment, dataset, model, single_run=single_run, defaults=defaults, judges=judges)
     rid = claim_run(out_dir, identity)
     logging.info("run %s (protocol %s) in %s", rid, FLAGS.protocol, out_dir)
     store = evaluation.RecordStore(records_path(out_dir))

@@ -99,7 +99,8 @@ def test_best_iterate_only_improves_with_more_iterations(c4_model, batch):
             c4_model,
             x,
             y,
-            **attacks.preset("mnist", "carlini_wagner_l2", binary_search_steps=1, abort_early=False, iterations=n),
+            # the 8-bit rule: the kept iterate is chosen on the distortion that is reported
+            **attacks.preset("mnist", "carlini_wagner_l2", "strong", binary_search_steps=1, iterations=n),
         )
         for n in (15, 40, 100)
     ]
@@ -162,9 +163,10 @@ def test_results_do_not_depend_on_batch_mates(c4_model, batch):
     params = attacks.preset("mnist", "carlini_wagner_l2", iterations=40, binary_search_steps=2, abort_early=True)
     together = attacks.carlini_wagner_l2(c4_model, x[:20], y[:20], **params)
     alone = attacks.carlini_wagner_l2(c4_model, x[:8], y[:8], **params)
-    # TF does not promise bit-identical kernels across batch sizes, so compare with a tolerance: the same
-    # decisions, and distortions within 1e-3 (a batch-level rule such as cleverhans' abort changes them by
-    # far more: the abort then stops at another iteration).
+    # TF does not promise bit-identical kernels across batch sizes, so distortions are compared within 1e-3.
+    # The decisions (success, the iteration the abort stops at) are discrete and are required to be equal: they
+    # could only differ if a loss landed within float rounding (~1e-6 relative) of a threshold, which a batch-
+    # level rule such as cleverhans' abort exceeds by far (it stops images at other iterations altogether).
     np.testing.assert_array_equal(together.success[:8], alone.success)
     np.testing.assert_allclose(together.distortion[:8], alone.distortion, atol=1e-3)
     np.testing.assert_array_equal(together.iterations[:8], alone.iterations)
@@ -184,11 +186,17 @@ def test_readme_tour_computes_eq_20(c4_model, monkeypatch, capsys):
     monkeypatch.setattr(smoothadv_tf.models, "load_or_train_c4", lambda path: c4_model)
     namespace = {}
     exec(compile(snippet, "README.md", "exec"), namespace)
-    r, x = namespace["result"], namespace["x"]
-    assert (~r.attacked).sum() >= 3  # C4 misclassifies some of the 100 images
+    r, x, y = namespace["result"], namespace["x"], namespace["y"]
+    # eq. (20) recomputed from the model itself: N = images it classifies correctly, successes among them only
+    correct = np.argmax(c4_model(x).numpy(), -1) == y
+    adv = r.adversarial
+    fooled = np.argmax(c4_model(adv).numpy(), -1) != y
+    d = np.sqrt(((adv - x) ** 2).sum(axis=(1, 2, 3)))
+    assert (~correct).sum() >= 3  # C4 misclassifies some of the 100 images
     printed = [float(v) for v in capsys.readouterr().out.split()[:2]]
-    expected = [r.success[r.attacked].mean(), r.distortion[r.success].mean()]
-    np.testing.assert_allclose(printed, expected, rtol=1e-6)
+    expected = [fooled[correct].mean(), d[fooled & correct].mean()]
+    np.testing.assert_allclose(printed, expected, rtol=1e-5)
+    assert not r.success[~correct].any()
     assert namespace["smooth_noise"].shape == x.shape and np.isfinite(namespace["smooth_noise"]).all()
 
 

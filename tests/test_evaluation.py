@@ -67,7 +67,8 @@ def test_truncated_last_line_is_dropped_but_corruption_elsewhere_is_an_error(tmp
 def assert_same_summary(a: dict, b: dict) -> None:
     """Two summaries of the same run computed over different batch compositions (a resume, shards). TF does
     not promise bit-identical kernels across batch sizes, so distortions are compared to 1e-4 relative; the
-    clean and attack decisions (counts) must be the same."""
+    clean and attack decisions (counts) must be the same — they could differ only if a value landed within
+    float rounding of a decision threshold."""
     assert {k: a[k] for k in ("images", "correct", "accuracy")} == {k: b[k] for k in ("images", "correct", "accuracy")}
     assert list(a["attacks"]) == list(b["attacks"])
     for attack, row in a["attacks"].items():
@@ -160,21 +161,48 @@ def test_transfer_script_judges_on_both_targets(tmp_path, c4_path):
     assert 0.5 < bilateral["accuracy"] <= 1.0 and bilateral["images"] == 30
 
 
+def test_claim_run_resumes_extends_and_refuses(tmp_path):
+    """run.json through a JSON round trip: the same identity resumes (same id), another attack extends it,
+    a changed parameter is refused and leaves run.json as it was."""
+    from absl import app
+
+    from smoothadv_tf import attacks as attacks_lib
+    from smoothadv_tf import experiment
+
+    identity = {
+        "model": "c4",
+        "weights": "abc",
+        "seed": 0,
+        "protocol": "paper",
+        "attacks": {"carlini_wagner_l2": [attacks_lib.preset("mnist", "carlini_wagner_l2")]},
+    }
+    first = experiment.claim_run(str(tmp_path), identity)
+    assert experiment.claim_run(str(tmp_path), identity) == first
+    more = {**identity, "attacks": {"pgd2": evaluation.attack_runs("pgd2", "mnist")}}
+    assert experiment.claim_run(str(tmp_path), more) == first
+    recorded = json.loads((tmp_path / "run.json").read_text())
+    assert set(recorded["attacks"]) == {"carlini_wagner_l2", "pgd2"}
+    changed = {**identity, "attacks": {"pgd2": evaluation.attack_runs("pgd2", "mnist", overrides={"step": 1.0})}}
+    with pytest.raises(app.UsageError, match=r"pgd2 parameters \['step'\]"):
+        experiment.claim_run(str(tmp_path), changed)
+    assert json.loads((tmp_path / "run.json").read_text()) == recorded
+
+
 def test_run_identity_differences_name_what_changed():
     from smoothadv_tf import experiment
 
     base = {
         "model": "c4",
-        "checkpoint": "abc",
+        "weights": "abc",
         "protocol": "paper",
         "attacks": {"fgsm": [{"epsilon": 0.1}, {"epsilon": 0.2}], "carlini_wagner_l2": [{"iterations": 20}]},
     }
     assert experiment.identity_differences(base, base) == []
     # another attack, or fewer attacks, extend the run; anything else is a different run
     assert experiment.identity_differences(base, {**base, "attacks": {"pgd2": [{"epsilon": 1.0}]}}) == []
-    changed = {**base, "checkpoint": "abd", "attacks": {"carlini_wagner_l2": [{"iterations": 100}]}}
+    changed = {**base, "weights": "abd", "attacks": {"carlini_wagner_l2": [{"iterations": 100}]}}
     diffs = experiment.identity_differences(base, changed)
-    assert diffs == ["checkpoint: recorded 'abc', now 'abd'", "carlini_wagner_l2 parameters ['iterations']"]
+    assert diffs == ["weights: recorded 'abc', now 'abd'", "carlini_wagner_l2 parameters ['iterations']"]
     fewer = {**base, "attacks": {"fgsm": [{"epsilon": 0.1}]}}
     assert experiment.identity_differences(base, fewer) == ["fgsm parameters ['number of target runs']"]
     assert experiment.run_id(base) != experiment.run_id({**base, "protocol": "strong"})

@@ -107,6 +107,8 @@ def test_per_image_early_abort_is_foolbox_rule_on_each_image_alone(linear):
     params = attacks.preset("mnist", "carlini_wagner_l2", "paper", initial_const=5.0, abort_early=True, quantize=False)
     ours = attacks.carlini_wagner_l2(model, x, y, **params)
     assert ours.iterations.min() < 100  # the abort fired
+    full = attacks.carlini_wagner_l2(model, x, y, **{**params, "abort_early": False})
+    assert (np.abs(full.adversarial - ours.adversarial).max(axis=(1, 2, 3)) > 1e-3).any()  # and it mattered
     options = dict(binary_search_steps=1, steps=100, stepsize=0.1, confidence=1.0, initial_const=5.0, abort_early=True)
     alone = np.concatenate([foolbox_cw(model, x[k : k + 1], y[k : k + 1], **options) for k in range(len(x))])
     np.testing.assert_allclose(ours.adversarial, alone, atol=1e-5)

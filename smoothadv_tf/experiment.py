@@ -61,10 +61,21 @@ def define_common_flags(default_attacks=tuple(attacks_lib.ATTACKS), default_num_
 
 
 def run_script(main) -> None:
-    """``app.run(main)``, with usage, data and checkpoint errors reported as one line on stderr and exit status
-    2 instead of absl's help text or a traceback (``--verbosity=1`` lets absl report it as usual)."""
+    """``app.run(main)``, with flag-parsing, usage, data and checkpoint errors reported as one line on stderr
+    and exit status 2 instead of absl's help text or a traceback (``--verbosity=1`` lets absl report errors
+    raised in main as usual)."""
     from smoothadv_tf.data import DataError
     from smoothadv_tf.models.slim import CheckpointError
+
+    def fail(error) -> None:
+        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {error}\n")
+        sys.exit(2)
+
+    def parse(argv):
+        try:
+            return FLAGS(argv)  # a bad enum / integer value or an unknown flag, before any work
+        except flags.Error as e:
+            fail(e)
 
     def guarded(argv):
         try:
@@ -72,10 +83,9 @@ def run_script(main) -> None:
         except (app.UsageError, DataError, CheckpointError) as e:
             if FLAGS.verbosity > 0:  # absl then prints its usage text for a UsageError, a traceback otherwise
                 raise
-            sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {e}\n")
-            sys.exit(2)
+            fail(e)
 
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse)
 
 
 def validate_common_flags() -> None:

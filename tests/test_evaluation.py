@@ -249,3 +249,21 @@ def test_a_resume_never_mixes_runs(tmp_path, c4_path):
         assert {r["attack"] for r in records} == attacks_run | {"clean"}
     strong_cw = json.loads((tmp_path / "white_box/fashion_mnist-c4/strong/run.json").read_text())["attacks"]
     assert strong_cw["carlini_wagner_l2"][0]["binary_search_steps"] == 5
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("--protocol=weak", "flag --protocol=weak: value should be one of <paper|strong>"),
+        ("--batch_size=x", "flag --batch_size=x"),
+        ("--num_images=0", "--num_images=0: must be at least 1"),
+    ],
+)
+def test_bad_flag_exits_2_with_one_line_before_any_work(tmp_path, bad, message):
+    cmd, env = _script("white_box.py", bad, f"--output_dir={tmp_path}/out")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # stderr also holds TensorFlow's start-up notices; ours is the only line naming the script or an error
+    ours = [ln for ln in done.stderr.splitlines() if "white_box.py" in ln or "rror" in ln or "FATAL" in ln]
+    assert done.returncode == 2, done.stderr
+    assert len(ours) == 1 and ours[0].startswith("white_box.py: error: ") and message in ours[0], done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

@@ -24,6 +24,19 @@ def foolbox_cw(model, x, y, **options):
     return np.where(failed[:, None, None, None], x, adv)
 
 
+def paper_options(initial_const: float = 15.0, abort_early: bool = False) -> dict:
+    """foolbox's C&W options for the `paper` protocol's mnist preset (one c, 100 steps, lr 0.1, margin 1)."""
+    paper = attacks.preset("mnist", "carlini_wagner_l2", "paper")
+    return dict(
+        binary_search_steps=paper["binary_search_steps"],
+        steps=paper["iterations"],
+        stepsize=paper["learning_rate"],
+        confidence=paper["margin"],
+        initial_const=initial_const,
+        abort_early=abort_early,
+    )
+
+
 @pytest.fixture(scope="module")
 def linear():
     """A 3-class linear classifier on 6x6 grey images and 12 real-looking inputs it classifies correctly."""
@@ -61,17 +74,7 @@ def test_one_step_cw_equals_foolbox_image_by_image(linear):
     ours = attacks.carlini_wagner_l2(
         model, x, y, **attacks.preset("mnist", "carlini_wagner_l2", "paper", initial_const=0.05, quantize=False)
     )
-    ref = foolbox_cw(
-        model,
-        x,
-        y,
-        binary_search_steps=1,
-        steps=100,
-        stepsize=0.1,
-        confidence=1.0,
-        initial_const=0.05,
-        abort_early=False,
-    )
+    ref = foolbox_cw(model, x, y, **paper_options(initial_const=0.05))
     ref_found = np.abs(ref - x).max(axis=(1, 2, 3)) > 0
     assert 0 < ref_found.sum() < len(x)  # c = 0.05 is too small for some images: both sides must agree on which
     np.testing.assert_array_equal(ours.success, ref_found)
@@ -109,7 +112,7 @@ def test_per_image_early_abort_is_foolbox_rule_on_each_image_alone(linear):
     assert ours.iterations.min() < 100  # the abort fired
     full = attacks.carlini_wagner_l2(model, x, y, **{**params, "abort_early": False})
     assert (np.abs(full.adversarial - ours.adversarial).max(axis=(1, 2, 3)) > 1e-3).any()  # and it mattered
-    options = dict(binary_search_steps=1, steps=100, stepsize=0.1, confidence=1.0, initial_const=5.0, abort_early=True)
+    options = paper_options(initial_const=5.0, abort_early=True)
     alone = np.concatenate([foolbox_cw(model, x[k : k + 1], y[k : k + 1], **options) for k in range(len(x))])
     np.testing.assert_allclose(ours.adversarial, alone, atol=1e-5)
 
@@ -128,23 +131,7 @@ def test_paper_protocol_matches_foolbox_on_real_images(c4_model, hundred):
     x, y = hundred
     ours = attacks.carlini_wagner_l2(c4_model, x, y, **attacks.preset("mnist", "carlini_wagner_l2", "paper"))
     for abort_early in (True, False):  # the authors' cleverhans ran with the (batch-level) abort
-        ref = (
-            np.round(
-                foolbox_cw(
-                    c4_model,
-                    x,
-                    y,
-                    binary_search_steps=1,
-                    steps=100,
-                    stepsize=0.1,
-                    confidence=1.0,
-                    initial_const=15.0,
-                    abort_early=abort_early,
-                )
-                * 255
-            )
-            / 255
-        )
+        ref = np.round(foolbox_cw(c4_model, x, y, **paper_options(abort_early=abort_early)) * 255) / 255
         ref_success = np.argmax(c4_model(ref).numpy(), -1) != y
         ref_d = np.sqrt(((ref - x) ** 2).sum(axis=(1, 2, 3)))
         assert ours.success.mean() == ref_success.mean()

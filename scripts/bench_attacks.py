@@ -15,19 +15,21 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
 from smoothadv_tf import attacks, experiment
 from smoothadv_tf.data import load_fashion_mnist
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("num_images", 100, "Fashion-MNIST test images")
+flags.DEFINE_integer("num_images", 100, "Fashion-MNIST test images", lower_bound=1)
 flags.DEFINE_string("checkpoint", None, "C4 .keras file (default: the cached models/c4_fashion_mnist_seed0.keras)")
-flags.DEFINE_integer("binary_search_steps", 5, "C&W binary-search steps of the speed comparison (both libraries)")
-flags.DEFINE_integer("iterations", 100, "C&W iterations per binary step (both libraries)")
+flags.DEFINE_integer(
+    "binary_search_steps", 5, "C&W binary-search steps of the speed comparison (both libraries)", lower_bound=1
+)
+flags.DEFINE_integer("iterations", 100, "C&W iterations per binary step (both libraries)", lower_bound=1)
 flags.DEFINE_boolean("skip_peer", False, "skip the foolbox comparison")
-flags.DEFINE_integer("inception_images", 4, "images for the sC&W / C&W per-iteration timing (0 = skip)")
-flags.DEFINE_integer("inception_rounds", 5, "interleaved timing rounds for the sC&W / C&W ratio")
+flags.DEFINE_integer("inception_images", 4, "images for the sC&W / C&W per-iteration timing (0 = skip)", lower_bound=0)
+flags.DEFINE_integer("inception_rounds", 5, "interleaved timing rounds for the sC&W / C&W ratio", lower_bound=1)
 flags.DEFINE_string("output", "results/bench_attacks.json", "JSON output path")
 
 
@@ -282,4 +284,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiment.run_script(main)

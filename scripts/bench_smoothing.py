@@ -25,16 +25,21 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import scipy.sparse.linalg as sla  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
+from smoothadv_tf.cli import run_script  # noqa: E402
 from smoothadv_tf.smoothing import Smoother  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("size", 299, "image side (pixels)")
+flags.DEFINE_integer("size", 299, "image side (pixels)", lower_bound=2)
 flags.DEFINE_list("batch_sizes", ["1", "16"], "batch sizes to time")
-flags.DEFINE_integer("iterations", 50, "CG iterations")
+flags.register_validator(
+    "batch_sizes", lambda v: bool(v) and all(b.isdigit() and int(b) >= 1 for b in v), "must be positive integers"
+)
+flags.DEFINE_integer("iterations", 50, "CG iterations", lower_bound=1)
 flags.DEFINE_float("alpha", 0.997, "smoothing α (ImageNet preset)")
-flags.DEFINE_integer("repeats", 7, "timed rounds (median reported)")
+flags.register_validator("alpha", lambda v: 0 <= v < 1, "must be in [0, 1)")
+flags.DEFINE_integer("repeats", 7, "timed rounds (median reported)", lower_bound=1)
 flags.DEFINE_string("output", "results/bench_smoothing.json", "JSON output path")
 
 
@@ -196,4 +201,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

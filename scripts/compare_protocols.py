@@ -16,8 +16,8 @@ import os
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import attacks as attacks_lib
 from smoothadv_tf import evaluation, experiment
+from smoothadv_tf import presets as attacks_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", None, "an experiment folder holding paper/ and strong/", required=True)
@@ -69,7 +69,7 @@ def main(_):
             "| attack | P_suc paper | D̄ paper | smoothness paper | P_suc strong | D̄ strong | smoothness strong |",
             "|---|---|---|---|---|---|---|",
         ]
-        for attack in attacks_lib.ATTACKS:
+        for attack in attacks_lib.ATTACK_NAMES:
             cells = []
             for p in PROTOCOLS:
                 row = summaries[p]["attacks"].get(attack)
@@ -83,7 +83,7 @@ def main(_):
                 lines.append(f"| {attacks_lib.DISPLAY_NAMES[attack]} | " + " | ".join(cells) + " |")
         table = "\n".join(lines) + "\n"
         suffix = "" if judge == "self" else f"_{judge}"
-        evaluation._atomic_write(os.path.join(FLAGS.results_dir, f"protocols{suffix}.md"), table)
+        evaluation.atomic_write(os.path.join(FLAGS.results_dir, f"protocols{suffix}.md"), table)
         print(table)
 
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -92,7 +92,7 @@ def main(_):
             (v for o in outcomes.values() for per in o.values() for v in per.values() if v is not None), default=1.0
         )
         grid = np.linspace(0, d_max * 1.02, 400)
-        colors = {a: f"C{k}" for k, a in enumerate(attacks_lib.ATTACKS)}
+        colors = {a: f"C{k}" for k, a in enumerate(attacks_lib.ATTACK_NAMES)}
         for p, style in (("paper", "-"), ("strong", "--")):
             for attack, per in outcomes[p].items():
                 if p == "strong" and attack not in attacks_lib.OPTIMALITY_ATTACKS:

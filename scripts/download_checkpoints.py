@@ -8,7 +8,9 @@ import tarfile
 import tempfile
 import urllib.request
 
-from absl import app, flags
+from absl import flags
+
+from smoothadv_tf.cli import run_script
 
 FLAGS = flags.FLAGS
 ARCHIVES = {
@@ -21,12 +23,12 @@ ARCHIVES = {
 BASE_URL = "http://download.tensorflow.org/models/"
 flags.DEFINE_list("names", list(ARCHIVES), f"checkpoints to fetch, from {list(ARCHIVES)}")
 flags.DEFINE_string("models_dir", "models", "where to unpack")
+flags.register_validator(
+    "names", lambda v: bool(v) and all(n in ARCHIVES for n in v), f"expected names from {list(ARCHIVES)}"
+)
 
 
 def main(_):
-    unknown = [n for n in FLAGS.names if n not in ARCHIVES]
-    if unknown:
-        raise app.UsageError(f"--names: unknown {unknown}; expected {list(ARCHIVES)}")
     os.makedirs(FLAGS.models_dir, exist_ok=True)
     for name in FLAGS.names:
         archive, expected = ARCHIVES[name]
@@ -49,4 +51,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

@@ -12,7 +12,6 @@ import os
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import attacks as attacks_lib
 from smoothadv_tf import evaluation, experiment
 
 FLAGS = flags.FLAGS
@@ -37,16 +36,18 @@ def strongest(records, attack):
 
 
 def main(_):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     experiment.validate_common_flags()
     out_dir = experiment.output_dir("white_box", FLAGS.dataset, FLAGS.model)
     path = os.path.join(out_dir, "records.jsonl")
     if not os.path.exists(path):
         raise app.UsageError(f"{path} not found: run scripts/white_box.py with the same flags first")
+    import matplotlib
+
+    from smoothadv_tf import attacks as attacks_lib  # TensorFlow, once the flags are checked
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     records = evaluation.read_records(path)
     dataset = experiment.load_data(FLAGS.dataset)
     index = {image_id: k for k, image_id in enumerate(dataset.ids)}

@@ -4,17 +4,20 @@
     python scripts/magnify.py --image=astronaut            # a scikit-image photo or a PNG/JPEG path
 
 With --images_dir (written by white_box.py --save_images) the panel shows the original, mag(original) and
-mag(adversarial) for every attack folder holding that image. All magnified images share one min/max.
+mag(adversarial) for every attack of that run: the ε run its records kept for the image (least-distortion
+success), captioned with the recorded D and outcome; the title names the run's model and protocol. All
+magnified images share one min/max.
 """
 
 import glob
+import json
 import os
 
 import numpy as np
 from absl import app, flags
 
+from smoothadv_tf.cli import run_script
 from smoothadv_tf.data import read_image
-from smoothadv_tf.magnify import magnify, to_display
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("images_dir", None, "folder with original/ and one sub-folder per attack run")
@@ -24,6 +27,9 @@ flags.DEFINE_float("beta", 0.8, "β of eq. 22")
 flags.DEFINE_float("sigma_d", 5.0, "domain σ of the bilateral filters (pixels)")
 flags.DEFINE_float("sigma_r", 0.2, "range σ of the bilateral filters ([0,1] intensities)")
 flags.DEFINE_string("output", None, "output PNG (default: next to the inputs, or results/magnify_<name>.png)")
+flags.register_validator("beta", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+for _name in ("sigma_d", "sigma_r"):
+    flags.register_validator(_name, lambda v: v > 0, "must be positive")
 
 
 def load(path_or_name: str) -> np.ndarray:
@@ -41,30 +47,46 @@ def load(path_or_name: str) -> np.ndarray:
     return img.astype(np.float32) / 255.0
 
 
-def attack_runs_to_show(images_dir: str, image_id: str) -> list[str]:
-    """One folder per attack: the run the protocol keeps for this image (its least-distortion success, from
-    the experiment's records.jsonl beside images/), else the attack's last run."""
-    from smoothadv_tf import attacks as attacks_lib
+def run_of(images_dir: str) -> tuple[dict, list[dict]]:
+    """The run that wrote `images_dir` (white_box.py --save_images): its run.json and its records (the records
+    file, or the shard files), from the folder holding images/."""
     from smoothadv_tf import evaluation
+
+    run_dir = os.path.dirname(os.path.normpath(images_dir))
+    identity_path = os.path.join(run_dir, "run.json")
+    if not os.path.exists(identity_path):
+        raise app.UsageError(f"--images_dir={images_dir}: no run.json in {run_dir}; give the images/ folder of a run")
+    with open(identity_path) as f:
+        identity = json.load(f)
+    paths = [os.path.join(run_dir, "records.jsonl")]
+    if not os.path.exists(paths[0]):
+        paths = sorted(glob.glob(os.path.join(run_dir, "records-shard*.jsonl")))
+    if not paths:
+        raise app.UsageError(f"--images_dir={images_dir}: no records in {run_dir}")
+    return identity, [r for p in paths for r in evaluation.read_records(p)]
+
+
+def attack_runs_to_show(images_dir: str, image_id: str, records: list[dict]) -> list[tuple[str, str]]:
+    """(folder, caption) per attack: the run the protocol kept for this image (its least-distortion success,
+    from the run's records), else its last run, captioned with D and the outcome the records hold."""
+    from smoothadv_tf import presets as attacks_lib
 
     folders = sorted(
         os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(images_dir, "*", f"{image_id}.png"))
     )
-    records_path = os.path.join(os.path.dirname(os.path.normpath(images_dir)), "records.jsonl")
-    records = evaluation.read_records(records_path) if os.path.exists(records_path) else []
     chosen = []
-    for attack in attacks_lib.ATTACKS:
+    for attack in attacks_lib.ATTACK_NAMES:
         runs = [f for f in folders if f == attack or f.startswith(attack + "-")]
-        if not runs:
+        mine = [r for r in records if r["image_id"] == image_id and r["attack"] == attack and "success" in r]
+        if not runs or not mine:
             continue
-        wins = [r for r in records if r["image_id"] == image_id and r["attack"] == attack and r.get("success")]
-        if wins:
-            best = min(wins, key=lambda r: r["distortion"])
-            name = attack if best["target"] is None else f"{attack}-{best['target']:g}"
-            if name in runs:
-                chosen.append(name)
-                continue
-        chosen.append(runs[-1])
+        wins = [r for r in mine if r["success"]]
+        best = min(wins, key=lambda r: r["distortion"]) if wins else max(mine, key=lambda r: r["target"] or 0)
+        name = attack if best["target"] is None else f"{attack}-{best['target']:g}"
+        if name not in runs:
+            raise app.UsageError(f"{images_dir}/{name}/{image_id}.png missing: the images and the records disagree")
+        outcome = "success" if best["success"] else "failure"
+        chosen.append((name, f"{attacks_lib.DISPLAY_NAMES[attack]}\nD={best['distortion']:.2f}, {outcome}"))
     return chosen
 
 
@@ -74,29 +96,37 @@ def main(_):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if FLAGS.images_dir and FLAGS.image:
+        raise app.UsageError("give either --images_dir/--image_id or --image, not both")
     if FLAGS.images_dir:
         if not FLAGS.image_id:
             raise app.UsageError("--images_dir needs --image_id")
         original = os.path.join(FLAGS.images_dir, "original", f"{FLAGS.image_id}.png")
         if not os.path.exists(original):
             raise app.UsageError(f"{original} not found")
+        identity, records = run_of(FLAGS.images_dir)
         panels = [("original", load(original))]
-        for name in attack_runs_to_show(FLAGS.images_dir, FLAGS.image_id):
-            panels.append((name, load(os.path.join(FLAGS.images_dir, name, f"{FLAGS.image_id}.png"))))
+        for name, caption in attack_runs_to_show(FLAGS.images_dir, FLAGS.image_id, records):
+            panels.append((caption, load(os.path.join(FLAGS.images_dir, name, f"{FLAGS.image_id}.png"))))
+        suptitle = f"{identity['dataset']}-{identity['model']}, {identity['protocol']} protocol: {FLAGS.image_id}"
         output = FLAGS.output or os.path.join(FLAGS.images_dir, f"magnify_{FLAGS.image_id}.png")
     elif FLAGS.image:
         panels = [("original", load(FLAGS.image))]
+        suptitle = FLAGS.image
         output = FLAGS.output or os.path.join("results", f"magnify_{os.path.basename(FLAGS.image)}.png")
     else:
         raise app.UsageError("give --images_dir/--image_id or --image")
+    from smoothadv_tf.magnify import magnify, to_display  # TensorFlow, once the inputs are checked
+
     images = np.stack([p[1] for p in panels])
     mags = to_display(magnify(images, FLAGS.beta, FLAGS.sigma_d, FLAGS.sigma_r).numpy())
-    shown = [(panels[0][0], panels[0][1])] + [(f"mag({name})", m) for (name, _), m in zip(panels, mags)]
+    shown = [panels[0]] + [(f"mag: {name}", m) for (name, _), m in zip(panels, mags)]
     fig, axes = plt.subplots(1, len(shown), figsize=(2.2 * len(shown), 2.5), squeeze=False)
     for ax, (title, img) in zip(axes[0], shown):
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
+    fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     fig.savefig(output + ".tmp.png", dpi=110)
@@ -105,4 +135,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_script(main)

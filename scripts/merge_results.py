@@ -4,6 +4,7 @@ python scripts/merge_results.py --results_dir=results/white_box/fashion_mnist-c4
 """
 
 import glob
+import json
 import os
 
 from absl import app, flags
@@ -18,19 +19,24 @@ def main(_):
     paths = sorted(glob.glob(os.path.join(FLAGS.results_dir, "records-shard*.jsonl")))
     if not paths:
         raise app.UsageError(f"{FLAGS.results_dir}: no records-shard*.jsonl files")
-    merged, seen = [], set()
-    for path in paths:
-        for r in evaluation.read_records(path):
-            key = evaluation.record_key(r)
-            if key in seen:
-                raise app.UsageError(
-                    f"{path}: record {key} also appears in another shard (shard files of different --num_shards?)"
-                )
-            seen.add(key)
-            merged.append(r)
-    store = evaluation.RecordStore(os.path.join(FLAGS.results_dir, "records.jsonl.merging"))
-    store.append(merged)
-    os.replace(store.path, os.path.join(FLAGS.results_dir, "records.jsonl"))
+    merged, seen, stores = [], set(), []
+    try:
+        for path in paths:
+            stores.append(evaluation.RecordStore(path))  # refused while a shard is still being written
+            for r in stores[-1].records:
+                key = evaluation.record_key(r)
+                if key in seen:
+                    raise app.UsageError(
+                        f"{path}: record {key} also appears in another shard (shard files of different --num_shards?)"
+                    )
+                seen.add(key)
+                merged.append(r)
+        evaluation.atomic_write(
+            os.path.join(FLAGS.results_dir, "records.jsonl"), "".join(json.dumps(r) + "\n" for r in merged)
+        )
+    finally:
+        for store in stores:
+            store.close()
     judges = sorted({r.get("evaluated_on", "self") for r in merged})
     for judge in judges:
         suffix = "" if judge == "self" else judge

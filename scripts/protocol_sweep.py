@@ -18,21 +18,18 @@ import time
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import attacks as attacks_lib
 from smoothadv_tf import experiment
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags(
     default_attacks=("carlini_wagner_l2", "smooth_carlini_wagner_l2"), default_num_images=500
 )
-flags.DEFINE_integer("max_binary_steps", 5, "binary-search steps 1..N")
+flags.DEFINE_integer("max_binary_steps", 5, "binary-search steps 1..N", lower_bound=1)
 flags.DEFINE_list("iteration_counts", ["100", "200", "500"], "Adam iterations at the fixed c (one binary step)")
 
 
 def main(_):
     experiment.validate_common_flags()
-    if FLAGS.max_binary_steps < 1:
-        raise app.UsageError(f"--max_binary_steps={FLAGS.max_binary_steps}: must be at least 1")
     try:
         iteration_counts = [int(v) for v in FLAGS.iteration_counts]
     except ValueError as e:
@@ -40,6 +37,8 @@ def main(_):
     if min(iteration_counts) < 1:
         raise app.UsageError(f"--iteration_counts={FLAGS.iteration_counts}: must be positive")
     import matplotlib
+
+    from smoothadv_tf import attacks as attacks_lib  # TensorFlow, once the flags are checked
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -11,22 +11,36 @@ import os
 from absl import flags
 
 from smoothadv_tf import data, experiment
-from smoothadv_tf.models import accuracy, train_c4
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist"], "training data")
 flags.DEFINE_string("data_dir", None, "directory of IDX files (default: the dataset's standard place)")
-flags.DEFINE_integer("epochs", 6, "training epochs")
-flags.DEFINE_integer("batch_size", 128, "batch size")
+flags.DEFINE_integer("epochs", 6, "training epochs", lower_bound=1)
+flags.DEFINE_integer("batch_size", 128, "batch size", lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate")
 flags.DEFINE_integer("seed", 0, "random seed")
 flags.DEFINE_boolean("adversarial_training", False, "Kurakin et al. step l.l adversarial training")
-flags.DEFINE_float("adversarial_epsilon", 0.3, "max ε of the one-step l.l examples (drawn uniformly in [0, ε])")
-flags.DEFINE_float("adversarial_fraction", 0.5, "fraction of each batch replaced by adversarial examples")
+flags.DEFINE_float(
+    "adversarial_epsilon",
+    0.3,
+    "max ε of the one-step l.l examples (drawn uniformly in [0, ε])",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+flags.DEFINE_float(
+    "adversarial_fraction",
+    0.5,
+    "fraction of each batch replaced by adversarial examples",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+flags.register_validator("learning_rate", lambda v: v > 0, "must be positive")
 flags.DEFINE_string("output", None, "output .keras path (default models/c4[_adv]_<dataset>_seed<seed>.keras)")
 
 
 def main(_):
+    from smoothadv_tf.models import accuracy, train_c4  # TensorFlow, once the flags are checked
+
     train = data.load_dataset(FLAGS.dataset, FLAGS.data_dir, "train")
     test = data.load_dataset(FLAGS.dataset, FLAGS.data_dir, "test")
     model = train_c4(

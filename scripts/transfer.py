@@ -9,24 +9,28 @@ and (b) the adversarially trained model.
 An image counts when both the source and the judged model classify it correctly.
 """
 
-import keras
 from absl import app, flags
 
 from smoothadv_tf import experiment
-from smoothadv_tf.filters import BilateralFilter
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags()
 flags.DEFINE_string("target_checkpoint", None, "checkpoint of the adversarially trained target (c4_adv: cached)")
 flags.DEFINE_float("bilateral_sigma_d", 0.5, "bilateral defence: domain σ (pixels)")
 flags.DEFINE_float("bilateral_sigma_r", 0.2, "bilateral defence: range σ ([0,1] intensities)")
-flags.DEFINE_integer("bilateral_radius", 5, "bilateral defence: window radius")
+flags.DEFINE_integer("bilateral_radius", 5, "bilateral defence: window radius", lower_bound=1)
+for _name in ("bilateral_sigma_d", "bilateral_sigma_r"):
+    flags.register_validator(_name, lambda v: v > 0, "must be positive")
 
 
 def main(_):
     if FLAGS.model not in ("c4", "inception_v3"):
         raise app.UsageError(f"--model={FLAGS.model}: the transfer source is c4 or inception_v3")
     experiment.validate_common_flags()
+    import keras  # TensorFlow, once the flags are checked
+
+    from smoothadv_tf.filters import BilateralFilter
+
     dataset = experiment.load_data(FLAGS.dataset)
     source = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
     adv_name = "c4_adv" if FLAGS.model == "c4" else "adv_inception_v3"

@@ -11,8 +11,7 @@ split the images (merge with scripts/merge_results.py).
 
 from absl import flags
 
-from smoothadv_tf import attacks as attacks_lib
-from smoothadv_tf import experiment
+from smoothadv_tf import experiment, presets
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags()
@@ -27,7 +26,7 @@ def main(_):
     if records is not None:
         title = f"White box: {FLAGS.dataset} / {FLAGS.model}, {FLAGS.protocol} protocol"
         print(experiment.report(records, out_dir, title))
-        print(f"Protocol: {attacks_lib.PROTOCOL_DESCRIPTIONS[FLAGS.protocol]}.")
+        print(f"Protocol: {presets.PROTOCOL_DESCRIPTIONS[FLAGS.protocol]}.")
         print(f"results in {out_dir}")
 
 

@@ -25,7 +25,6 @@ The paper's Table 1 findings on C&W vs sC&W and PGD₂ depend on which one runs 
 
 from __future__ import annotations
 
-import copy
 import weakref
 from dataclasses import dataclass
 
@@ -33,10 +32,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from smoothadv_tf.presets import (  # noqa: F401 - the parameters live beside the attacks' users, TF-free
+    ATTACK_NAMES,
+    BEST_ITERATE_RULES,
+    DEFAULT_PROTOCOL,
+    DISPLAY_NAMES,
+    OPTIMALITY_ATTACKS,
+    PRESETS,
+    PROTOCOL_DESCRIPTIONS,
+    PROTOCOLS,
+    check_params,
+    param_type,
+    preset,
+)
 from smoothadv_tf.smoothing import DENSE_MAX_PIXELS, Smoother
 
 LARGE = 1e10  # C&W's "no upper bound yet" for c
-BEST_ITERATE_RULES = ("misclassified", "margin")
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -708,76 +719,6 @@ ATTACKS = {
     "smooth_pgd2": smooth_pgd2,
     "smooth_carlini_wagner_l2": smooth_carlini_wagner_l2,
 }
-DISPLAY_NAMES = {
-    "fgsm": "FGSM",
-    "ifgsm": "I-FGSM",
-    "pgd2": "PGD2",
-    "carlini_wagner_l2": "C&W",
-    "smooth_pgd2": "sPGD2",
-    "smooth_carlini_wagner_l2": "sC&W",
-}
-
-# §5.2 parameters. What the paper leaves unstated (iterations, binary-search steps, which iterate C&W keeps)
-# comes from the protocol below.
-_MNIST_SMOOTHING = {"alpha": 0.95, "solver": "dense"}
-_IMAGENET_SMOOTHING = {"alpha": 0.997, "solver": "cg", "cg_iterations": 50}
-_MNIST_CW = {"margin": 1.0, "learning_rate": 0.1, "initial_const": 15.0}
-_IMAGENET_CW = {"margin": 0.0, "learning_rate": 0.1, "initial_const": 100.0}
-PRESETS = {
-    "mnist": {
-        "fgsm": {"epsilon": 0.3},
-        "ifgsm": {"epsilon": 0.3, "step": 0.08, "iterations": 10},
-        "pgd2": {"epsilon": 5.0, "step": 3.0, "iterations": 10},
-        "carlini_wagner_l2": dict(_MNIST_CW),
-        "smooth_pgd2": {"epsilon": 5.0, "step": 3.0, "iterations": 10, **_MNIST_SMOOTHING},
-        "smooth_carlini_wagner_l2": {**_MNIST_CW, **_MNIST_SMOOTHING},
-    },
-    "imagenet": {
-        "fgsm": {"epsilon": 0.1255},
-        "ifgsm": {"epsilon": 0.1255, "step": 0.08, "iterations": 10},
-        "pgd2": {"epsilon": 5.0, "step": 3.0, "iterations": 10},
-        "carlini_wagner_l2": dict(_IMAGENET_CW),
-        "smooth_pgd2": {"epsilon": 5.0, "step": 3.0, "iterations": 10, **_IMAGENET_SMOOTHING},
-        "smooth_carlini_wagner_l2": {**_IMAGENET_CW, **_IMAGENET_SMOOTHING},
-    },
-}
-
-# How C&W and sC&W are run; the other four attacks are the same under both protocols.
-# - paper: the authors' code (SAE/scw_*.py, adv_train/cw.py in hanwei0912/SmoothAdversarialExamples) calls
-#   cleverhans' CarliniWagnerL2 with binary_search_steps=1, max_iterations=100, so c stays at the §5.2 constant
-#   and an iterate counts only when the margin m is met. cleverhans aborts early on the *batch's* total loss,
-#   which ties an image's result to its batch-mates; a per-image abort stops C&W far too soon (D̄ 17 % above
-#   the reference, docs/results.md), so the paper protocol runs all 100 iterations: independent of batch-mates
-#   and within 3 % of foolbox's cleverhans-rule C&W (scripts/bench_attacks.py, tests/test_protocol.py).
-# - strong: a 5-step binary search over c per image, keeping the least-distortion 8-bit misclassified iterate;
-#   the right choice for a robustness evaluation.
-PROTOCOLS = {
-    "paper": {"binary_search_steps": 1, "iterations": 100, "best_iterate": "margin", "abort_early": False},
-    "strong": {"binary_search_steps": 5, "iterations": 100, "best_iterate": "misclassified", "abort_early": False},
-}
-DEFAULT_PROTOCOL = "paper"
-PROTOCOL_DESCRIPTIONS = {
-    "paper": "the authors' protocol: C&W and sC&W run one binary-search step of 100 Adam iterations at the §5.2 "
-    "constant c, keeping the least-distortion iterate that meets the margin m (cleverhans' rule)",
-    "strong": "the strong protocol: C&W and sC&W run a 5-step binary search over c per image (500 iterations), "
-    "keeping the least-distortion 8-bit misclassified iterate",
-}
-OPTIMALITY_ATTACKS = ("carlini_wagner_l2", "smooth_carlini_wagner_l2")
-
-
-def preset(name: str, attack: str, protocol: str = DEFAULT_PROTOCOL, **overrides) -> dict:
-    """Parameters of `attack` under preset `name` ('mnist' or 'imagenet', §5.2) and `protocol` ('paper', the
-    default: the authors' one-step C&W; or 'strong': a 5-step binary search), with overrides applied."""
-    if name not in PRESETS:
-        raise ValueError(f"preset={name!r}: expected one of {sorted(PRESETS)}")
-    if attack not in ATTACKS:
-        raise ValueError(f"attack={attack!r}: expected one of {sorted(ATTACKS)}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol={protocol!r}: expected one of {sorted(PROTOCOLS)}")
-    params = copy.deepcopy(PRESETS[name][attack])
-    if attack in OPTIMALITY_ATTACKS:
-        params.update(PROTOCOLS[protocol])
-    return {**params, **overrides}
 
 
 def run_attack(name: str, model, x, y, **params) -> AttackResult:

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from smoothadv_tf.cli import InputError
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A data file is missing, corrupt, or inconsistent."""
 
 

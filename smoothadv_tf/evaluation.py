@@ -7,8 +7,9 @@
   succeeds, with D the minimum over successful runs. Optimality attacks (C&W, sC&W) run once.
 - Success and D are measured on the 8-bit-quantised adversarial image (see attacks).
 
-Per-image records are JSON lines appended and flushed after each batch, so a killed run loses at most the
-batch in flight and a rerun skips what is recorded. Shards split images by index modulo the shard count.
+Per-image records are JSON lines appended and fsynced after each batch, so a killed run loses at most the
+batch in flight and a rerun skips what is recorded; the records file is locked against a second writer and
+repaired after a kill (RecordStore). Shards split images by index modulo the shard count.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from absl import logging
 
-from smoothadv_tf import attacks as attacks_lib
-from smoothadv_tf.smoothing import smoothness
+from smoothadv_tf import presets
+from smoothadv_tf.cli import InputError
 
 DISTORTION_TARGETING = ("fgsm", "ifgsm", "pgd2", "smooth_pgd2")
 # Target lists per preset (ε of each run). MNIST PGD₂ uses D in [1, 6] as the paper's Fig. 2.
@@ -55,64 +56,151 @@ def attack_runs(
     preset: str,
     single_run: bool = False,
     overrides: dict | None = None,
-    protocol: str = attacks_lib.DEFAULT_PROTOCOL,
+    protocol: str = presets.DEFAULT_PROTOCOL,
 ) -> list[dict]:
     """The parameter sets one attack runs with under `protocol`: one per target ε, or the preset alone.
     `overrides` (e.g. ``{"iterations": 20}``) apply to every attack that takes the parameter; ε in overrides
     disables the sweep."""
-    import inspect
-
-    accepted = inspect.signature(attacks_lib.ATTACKS[attack]).parameters
-    params = attacks_lib.preset(
-        preset, attack, protocol, **{k: v for k, v in (overrides or {}).items() if k in accepted}
-    )
+    accepted = presets.OPTIONS[attack]
+    params = presets.preset(preset, attack, protocol, **{k: v for k, v in (overrides or {}).items() if k in accepted})
     if attack not in DISTORTION_TARGETING or single_run or "epsilon" in (overrides or {}):
         return [params]
     return [{**params, "epsilon": eps} for eps in TARGETS[preset][attack]]
 
 
 # ------------------------------------------------------------------------------------------------ records
-class RecordStore:
-    """Append-only JSON-lines file of per-image records, keyed by (evaluated_on, image_id, attack, target)."""
+class RecordsError(InputError):
+    """A records file that cannot be used: a corrupt line, or another process writing it."""
 
-    def __init__(self, path: str):
+
+class RecordStore:
+    """Append-only JSON-lines file of per-image records, keyed by (evaluated_on, image_id, attack, target).
+
+    A record exists once its line, newline included, is on disk. Opening the store for writing (the default)
+    takes an advisory lock (``fcntl.flock`` on ``<path>.lock``, which names the holder's process id and host)
+    so a second writer is refused with :class:`RecordsError`; the kernel drops the lock when the holder dies,
+    so a killed run never leaves a stale one. It then repairs the file: an unterminated last line (a run
+    killed mid-write) is cut off with a warning saying how many bytes were dropped, so the next append starts
+    on a fresh line. ``writer=False`` reads without lock or repair.
+    """
+
+    def __init__(self, path: str, writer: bool = True):
         self.path = path
-        self.records: list[dict] = []
-        if os.path.exists(path):
-            self.records = read_records(path)
+        self._lock = _acquire_writer_lock(path) if writer else None
+        try:
+            self.records: list[dict] = read_records(path, warn=not writer) if os.path.exists(path) else []
+            if writer:  # after the read: a file damaged elsewhere is refused untouched
+                repair_records(path)
+        except BaseException:
+            self.close()
+            raise
         self.keys = {record_key(r) for r in self.records}
 
     def has(self, key) -> bool:
         return key in self.keys
 
     def append(self, records: Sequence[dict]) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        """Append and fsync; records whose key is already stored are not written again."""
+        if self._lock is None:
+            raise RecordsError(f"{self.path}: store opened read-only")
+        fresh, seen = [], set()
+        for r in records:
+            key = record_key(r)
+            if key not in self.keys and key not in seen:
+                fresh.append(r)
+                seen.add(key)
+        if not fresh:
+            return
         with open(self.path, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+            f.write("".join(json.dumps(r) + "\n" for r in fresh))
             f.flush()
             os.fsync(f.fileno())
-        self.records.extend(records)
-        self.keys.update(record_key(r) for r in records)
+        self.records.extend(fresh)
+        self.keys.update(seen)
+
+    def close(self) -> None:
+        """Release the writer lock (also released when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _acquire_writer_lock(path: str):
+    import fcntl
+    import socket
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    lock = open(path + ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise RecordsError(f"{path} is being written by {holder}; wait for it or use another --output_dir") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"process {os.getpid()} on host {socket.gethostname()}\n")
+    lock.flush()
+    return lock
+
+
+def repair_records(path: str) -> int:
+    """Cut an unterminated last line off a records file (a run killed mid-write); return the bytes dropped."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return 0
+        keep, block = 0, 1 << 16
+        for end in range(size, 0, -block):  # scan back for the last newline
+            start = max(0, end - block)
+            f.seek(start)
+            cut = f.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    logging.warning("%s: dropped %d bytes of an unterminated last record (a run killed mid-write)", path, size - keep)
+    return size - keep
 
 
 def record_key(r: dict):
     return (r.get("evaluated_on", "self"), r["image_id"], r["attack"], r.get("target"))
 
 
-def read_records(path: str) -> list[dict]:
-    """Read a records file; a truncated last line (a run killed mid-write) is dropped with a warning."""
+def read_records(path: str, warn: bool = True) -> list[dict]:
+    """Read a records file. Only newline-terminated lines are records: an unterminated last line (a run killed
+    mid-write) is ignored with a warning; any other line that is not a JSON record raises RecordsError."""
     records = []
-    with open(path) as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines):
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    if lines[-1] and warn:
+        logging.warning(
+            "%s: ignoring an unterminated last line (%d bytes; a run killed mid-write)", path, len(lines[-1])
+        )
+    for i, line in enumerate(lines[:-1]):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines) - 1 and not line.endswith("\n"):
-                logging.warning("%s: dropping truncated last line %d (run killed mid-write)", path, i + 1)
-                continue
-            raise ValueError(f"{path}: line {i + 1} is not a JSON record ({e})") from e
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RecordsError(
+                f"{path}: line {i + 1} is not a JSON record ({e}); the file is damaged: remove that line or the folder"
+            ) from e
+        if not isinstance(record, dict) or not {"image_id", "attack"} <= set(record):
+            raise RecordsError(f"{path}: line {i + 1} is not a record (needs image_id and attack)")
+        records.append(record)
     return records
 
 
@@ -154,13 +242,13 @@ def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
         n = len(per_image)
         rows[attack] = {
             "attack": attack,
-            "name": attacks_lib.DISPLAY_NAMES.get(attack, attack),
+            "name": presets.DISPLAY_NAMES.get(attack, attack),
             "images": n,
             "successes": int(len(d)),
             "p_suc": len(d) / n if n else float("nan"),
             "mean_distortion": float(d.mean()) if len(d) else float("nan"),
         }
-    ordered = {a: rows[a] for a in attacks_lib.ATTACKS if a in rows}
+    ordered = {a: rows[a] for a in presets.ATTACK_NAMES if a in rows}
     return {
         "images": n_total,
         "correct": n_correct,
@@ -181,7 +269,7 @@ def operating_characteristic(distortions: Sequence[float | None], grid: np.ndarr
 def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
     """summary.json, table.md and table.csv; returns the markdown table."""
     os.makedirs(out_dir, exist_ok=True)
-    _atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
+    atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
     lines = [
         f"{title}".strip(),
         "",
@@ -196,7 +284,7 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
             f"{row['successes']}/{row['images']} |"
         )
     table = "\n".join(lines).strip() + "\n"
-    _atomic_write(os.path.join(out_dir, "table.md"), table)
+    atomic_write(os.path.join(out_dir, "table.md"), table)
     rows = [["attack", "p_suc", "mean_distortion", "successes", "images", "accuracy"]]
     rows += [
         [
@@ -216,7 +304,8 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
     return table
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
+    """Write through a temporary and a rename: readers (and a killed writer) see the old file or the new one."""
     tmp = f"{path}.{os.getpid()}.tmp"  # per process: shards writing the same file never share a temporary
     with open(tmp, "w") as f:
         f.write(text)
@@ -236,12 +325,12 @@ def plot_operating_characteristic(
     d_max = max([v for per in outcomes.values() for v in per.values() if v is not None], default=1.0)
     grid = np.linspace(0, d_max * 1.02, 400)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for attack in attacks_lib.ATTACKS:
+    for attack in presets.ATTACK_NAMES:
         if attack in outcomes:
             ax.plot(
                 grid,
                 operating_characteristic(list(outcomes[attack].values()), grid),
-                label=attacks_lib.DISPLAY_NAMES[attack],
+                label=presets.DISPLAY_NAMES[attack],
                 linestyle="--" if attack.startswith("smooth") else "-",
             )
     ax.set_xlabel("distortion D (L2, [0,1] pixels)")
@@ -270,7 +359,7 @@ def run_experiment(
     save_images_dir: str | None = None,
     progress: bool = True,
     overrides: dict | None = None,
-    protocol: str = attacks_lib.DEFAULT_PROTOCOL,
+    protocol: str = presets.DEFAULT_PROTOCOL,
     run_id: str | None = None,
 ) -> None:
     """Attack `model` on dataset[indices] under `protocol` and append per-image records to `store`.
@@ -281,6 +370,9 @@ def run_experiment(
     :func:`smoothadv_tf.experiment.run_identity`), so records of different runs can always be told apart.
     """
     from tqdm import tqdm
+
+    from smoothadv_tf import attacks as attacks_lib  # TensorFlow: imported when attacks run, not to read records
+    from smoothadv_tf.smoothing import smoothness
 
     judges = evaluate_on or {"self": model}
     runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run, overrides, protocol)]

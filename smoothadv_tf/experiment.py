@@ -14,44 +14,42 @@ so a resume never mixes two runs. Every record carries the protocol and the run 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
-import sys
 
 import numpy as np
 from absl import app, flags, logging
 
-from smoothadv_tf import attacks as attacks_lib
 from smoothadv_tf import data as data_lib
-from smoothadv_tf import evaluation
+from smoothadv_tf import evaluation, presets
+from smoothadv_tf.cli import run_script  # noqa: F401 - the scripts' entry point, re-exported
 
 FLAGS = flags.FLAGS
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 MODEL_NAMES = ("c4", "c4_adv", "inception_v3", "adv_inception_v3", "resnet_v2_50")
 
 
-def define_common_flags(default_attacks=tuple(attacks_lib.ATTACKS), default_num_images=1000) -> None:
+def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num_images=1000) -> None:
     flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist", "nips17", "folder"], "dataset")
     flags.DEFINE_string("data_dir", None, "dataset directory (IDX files, NIPS-17 PNGs + CSV, or image folder)")
     flags.DEFINE_enum("model", "c4", list(MODEL_NAMES), "model to attack")
     flags.DEFINE_string("checkpoint", None, "checkpoint: .keras file for C4, slim .ckpt prefix for ImageNet models")
-    flags.DEFINE_list("attacks", list(default_attacks), f"comma list from {list(attacks_lib.ATTACKS)}")
-    flags.DEFINE_enum("preset", None, list(attacks_lib.PRESETS), "attack parameters (default: from the dataset)")
+    flags.DEFINE_list("attacks", list(default_attacks), f"comma list from {list(presets.ATTACK_NAMES)}")
+    flags.DEFINE_enum("preset", None, list(presets.PRESETS), "attack parameters (default: from the dataset)")
     flags.DEFINE_enum(
         "protocol",
-        attacks_lib.DEFAULT_PROTOCOL,
-        list(attacks_lib.PROTOCOLS),
+        presets.DEFAULT_PROTOCOL,
+        list(presets.PROTOCOLS),
         "how C&W / sC&W run: 'paper' = the authors' code (1 binary-search step x 100 iterations at the §5.2 "
         "constant, margin-judged best iterate); 'strong' = 5 x 100 binary search over c",
     )
-    flags.DEFINE_integer("num_images", default_num_images, "first N test images (before sharding)")
-    flags.DEFINE_integer("batch_size", 100, "images per attack batch")
+    flags.DEFINE_integer("num_images", default_num_images, "first N test images (before sharding)", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 100, "images per attack batch", lower_bound=1)
     flags.DEFINE_string("output_dir", "results", "root of the results tree")
-    flags.DEFINE_integer("num_shards", 1, "split the images into this many shards")
-    flags.DEFINE_integer("shard_index", 0, "which shard this process runs")
+    flags.DEFINE_integer("num_shards", 1, "split the images into this many shards", lower_bound=1)
+    flags.DEFINE_integer("shard_index", 0, "which shard this process runs", lower_bound=0)
     flags.DEFINE_integer("seed", 0, "random seed (C4 training)")
-    flags.DEFINE_integer("c4_epochs", 6, "training epochs of a C4 trained here (part of its cache name)")
+    flags.DEFINE_integer("c4_epochs", 6, "training epochs of a C4 trained here (part of its cache name)", lower_bound=1)
     flags.DEFINE_list(
         "attack_params",
         [],
@@ -60,70 +58,50 @@ def define_common_flags(default_attacks=tuple(attacks_lib.ATTACKS), default_num_
     )
 
 
-def run_script(main) -> None:
-    """``app.run(main)``, with flag-parsing, usage, data and checkpoint errors reported as one line on stderr
-    and exit status 2 instead of absl's help text or a traceback (``--verbosity=1`` lets absl report errors
-    raised in main as usual)."""
-    from smoothadv_tf.data import DataError
-    from smoothadv_tf.models.slim import CheckpointError
-
-    def fail(error) -> None:
-        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: error: {error}\n")
-        sys.exit(2)
-
-    def parse(argv):
-        try:
-            return FLAGS(argv)  # a bad enum / integer value or an unknown flag, before any work
-        except flags.Error as e:
-            fail(e)
-
-    def guarded(argv):
-        try:
-            return main(argv)
-        except (app.UsageError, DataError, CheckpointError) as e:
-            if FLAGS.verbosity > 0:  # absl then prints its usage text for a UsageError, a traceback otherwise
-                raise
-            fail(e)
-
-    app.run(guarded, flags_parser=parse)
-
-
 def validate_common_flags() -> None:
-    """Check the common flags before any data or model is loaded."""
-    if FLAGS.num_images < 1:
-        raise app.UsageError(f"--num_images={FLAGS.num_images}: must be at least 1")
-    if FLAGS.batch_size < 1:
-        raise app.UsageError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
-    if FLAGS.c4_epochs < 1:
-        raise app.UsageError(f"--c4_epochs={FLAGS.c4_epochs}: must be at least 1")
+    """Check what the flag bounds (checked while parsing) cannot, before any data or model is loaded."""
     if FLAGS.num_shards < 1 or not 0 <= FLAGS.shard_index < FLAGS.num_shards:
         raise app.UsageError(
             f"--num_shards={FLAGS.num_shards}, --shard_index={FLAGS.shard_index}: need 0 <= index < shards"
         )
-    check_attacks(FLAGS.attacks)
-    attack_overrides()
+    attack_overrides()  # checks --attacks too
 
 
 def attack_overrides() -> dict:
-    """Parse --attack_params (numbers become int/float, true/false booleans)."""
+    """Parse --attack_params into typed values (each key as the selected attacks that take it expect: int,
+    float, true/false, or one of its choices), refusing keys none of the selected attacks take and values of
+    the wrong type or out of range (attacks.check_params) with a UsageError."""
+    selected = check_attacks(FLAGS.attacks)
     out = {}
     for item in FLAGS.attack_params:
-        key, sep, value = item.partition("=")
+        key, sep, text = item.partition("=")
         if not sep or not key:
             raise app.UsageError(f"--attack_params: {item!r} is not key=value")
-        for cast in (int, float):
+        takers = [a for a in selected if presets.param_type(a, key) is not None]
+        if not takers:
+            raise app.UsageError(f"--attack_params: {key}: none of the selected attacks {selected} takes it")
+        out[key] = _parse_param(key, text, presets.param_type(takers[0], key))
+    for attack in selected:
+        for params in evaluation.attack_runs(attack, preset_for(FLAGS.dataset), False, out, FLAGS.protocol):
             try:
-                out[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = {"true": True, "false": False}.get(value.lower(), value)
-    known = {p for fn in attacks_lib.ATTACKS.values() for p in inspect.signature(fn).parameters}
-    unknown = sorted(set(out) - known)
-    if unknown:
-        raise app.UsageError(f"--attack_params: no attack takes {unknown}")
+                presets.check_params(attack, params)
+            except ValueError as e:
+                raise app.UsageError(f"--attack_params: {e}") from None
     return out
+
+
+def _parse_param(key: str, text: str, expected: type):
+    try:
+        if expected is bool:
+            return {"true": True, "false": False}[text.lower()]
+        if expected is int:
+            return int(text)
+        if expected is float:
+            return float(text)
+        return text
+    except (KeyError, ValueError):
+        kind = {bool: "true or false", int: "an integer", float: "a number"}[expected]
+        raise app.UsageError(f"--attack_params: {key}={text}: expected {kind}") from None
 
 
 def preset_for(dataset: str) -> str:
@@ -131,9 +109,9 @@ def preset_for(dataset: str) -> str:
 
 
 def check_attacks(names) -> list[str]:
-    unknown = [a for a in names if a not in attacks_lib.ATTACKS]
+    unknown = [a for a in names if a not in presets.ATTACK_NAMES]
     if unknown:
-        raise app.UsageError(f"--attacks: unknown {unknown}; expected names from {list(attacks_lib.ATTACKS)}")
+        raise app.UsageError(f"--attacks: unknown {unknown}; expected names from {list(presets.ATTACK_NAMES)}")
     return list(names)
 
 
@@ -149,14 +127,15 @@ def c4_epochs() -> int:
 
 
 def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int = 0):
-    """A model with the [0,1] -> logits contract. C4 is trained once per (dataset, mode, seed, epochs) and
-    cached under models/."""
+    """A model with the [0,1] -> logits contract. A C4 without --checkpoint is trained once per (dataset,
+    mode, seed, epochs) and cached under models/; a given checkpoint must exist and hold finite weights."""
     if name in ("c4", "c4_adv"):
         from smoothadv_tf.models import load_or_train_c4
 
-        path = checkpoint or c4_cache_path(name, dataset, seed, c4_epochs())
+        if checkpoint is not None:
+            return load_c4(checkpoint)
         return load_or_train_c4(
-            path,
+            c4_cache_path(name, dataset, seed, c4_epochs()),
             dataset,
             FLAGS.data_dir if dataset == "mnist" else None,
             adversarial_training=name == "c4_adv",
@@ -172,6 +151,44 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int
             "see models/README.md and scripts/download_checkpoints.py)"
         )
     return slim.build(name, checkpoint)
+
+
+def check_fits(model, dataset, what: str) -> None:
+    """Refuse (DataError) images whose shape the model does not take, before anything is written."""
+    from smoothadv_tf.data import DataError
+
+    try:  # a wrapped model (slim, SavedModel) declares its input through the model inside
+        expected = getattr(getattr(model, "inner", model), "input_shape", None)
+    except (AttributeError, ValueError):  # a subclassed Keras model that was never built
+        expected = None
+    if isinstance(expected, list):
+        expected = expected[0]
+    if expected is None or len(dataset) == 0:
+        return
+    got = dataset.images.shape[1:]
+    if len(expected) != 4 or any(e is not None and e != g for e, g in zip(expected[1:], got)):
+        raise DataError(
+            f"--dataset={FLAGS.dataset}: images are {'x'.join(map(str, got))}, but --model={what} takes "
+            f"{'x'.join('?' if e is None else str(e) for e in expected[1:])}"
+        )
+
+
+def load_c4(path: str):
+    """A C4 (any Keras model) from a .keras file; CheckpointError for a missing, unreadable or non-finite one."""
+    import keras
+
+    from smoothadv_tf.models.slim import CheckpointError
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--checkpoint={path}: no such file")
+    try:
+        model = keras.models.load_model(path)
+    except Exception as e:  # noqa: BLE001 - Keras raises several types for a damaged archive
+        raise CheckpointError(f"--checkpoint={path}: cannot load a Keras model ({type(e).__name__}: {e})") from e
+    bad = [w.path for w in model.weights if not np.isfinite(np.asarray(w)).all()]
+    if bad:
+        raise CheckpointError(f"--checkpoint={path}: NaN or Inf in {', '.join(bad[:10])}")
+    return model
 
 
 def load_data(dataset: str, image_size: int = 299):
@@ -271,7 +288,7 @@ def claim_run(out_dir: str, identity: dict) -> str:
                     "or remove that folder"
                 )
             identity = {**identity, "attacks": {**recorded.get("attacks", {}), **identity["attacks"]}}
-        evaluation._atomic_write(path, json.dumps(identity, indent=2, sort_keys=True))
+        evaluation.atomic_write(path, json.dumps(identity, indent=2, sort_keys=True))
     return run_id(identity)
 
 
@@ -322,11 +339,15 @@ def run(
     `defaults` are attack-parameter overrides of the experiment itself (--attack_params still wins); `judges`
     names the judged models' weights (for the run identity). The records are None for a shard of several
     (merge them with scripts/merge_results.py)."""
+    check_fits(model, dataset, FLAGS.model)
+    for judge_name, judge in (evaluate_on or {}).items():
+        check_fits(judge, dataset, f"{FLAGS.model} judged on {judge_name}")
     out_dir = output_dir(experiment, FLAGS.dataset, FLAGS.model)
     identity = run_identity(experiment, dataset, model, single_run=single_run, defaults=defaults, judges=judges)
+    # The writer lock first: a second process on this folder is refused before it touches anything.
+    store = evaluation.RecordStore(records_path(out_dir))
     rid = claim_run(out_dir, identity)
     logging.info("run %s (protocol %s) in %s", rid, FLAGS.protocol, out_dir)
-    store = evaluation.RecordStore(records_path(out_dir))
     indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
     evaluation.run_experiment(
         model,
@@ -343,6 +364,7 @@ def run(
         protocol=FLAGS.protocol,
         run_id=rid,
     )
+    store.close()
     if FLAGS.num_shards > 1:
         print(f"shard {FLAGS.shard_index}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")
         return None, out_dir

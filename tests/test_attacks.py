@@ -1,5 +1,7 @@
 """The six attacks on a C4 trained (briefly) on real Fashion-MNIST."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -269,3 +271,39 @@ def test_compiled_cache_frees_models_and_pads_batches(fashion_test):
     assert ref() is None  # the cache did not pin the model
     attacks.clear_compiled_cache()
     assert len(attacks._COMPILED) == 0
+
+
+def test_option_table_matches_the_attacks_and_check_params_refuses_bad_values():
+    """presets.OPTIONS (read by the scripts before TensorFlow loads) is each attack's keyword options with the
+    types of their defaults; check_params accepts every preset and names the first bad option."""
+    import inspect
+
+    from smoothadv_tf import presets
+
+    assert tuple(attacks.ATTACKS) == presets.ATTACK_NAMES
+    for name, fn in attacks.ATTACKS.items():
+        keyword = {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
+        scalar = {k: type(v) for k, v in keyword.items() if v is not None}
+        assert presets.OPTIONS[name] == scalar, name
+        assert set(keyword) - set(scalar) == set(presets.NON_SCALAR_OPTIONS[name])
+        for preset_name in presets.PRESETS:
+            for protocol in presets.PROTOCOLS:
+                presets.check_params(name, presets.preset(preset_name, name, protocol))
+    bad = [
+        ("fgsm", {"iterations": 3}, "fgsm takes no option 'iterations'"),
+        ("pgd2", {"iterations": "3"}, "iterations='3': expected int"),
+        ("pgd2", {"iterations": 2.5}, "iterations=2.5: expected int"),
+        ("pgd2", {"iterations": True}, "iterations=True: expected int"),
+        ("pgd2", {"epsilon": float("nan")}, "epsilon=nan: must be positive"),
+        ("ifgsm", {"step": 0.0}, "step=0.0: must be positive"),
+        ("carlini_wagner_l2", {"margin": -1.0}, "margin=-1.0: must be >= 0"),
+        ("carlini_wagner_l2", {"binary_search_steps": 0}, "binary_search_steps=0: must be at least 1"),
+        ("carlini_wagner_l2", {"best_iterate": "last"}, "best_iterate='last': expected one of"),
+        ("carlini_wagner_l2", {"abort_early": 1}, "abort_early=1: expected bool"),
+        ("smooth_pgd2", {"alpha": 1.0}, "alpha=1.0: must be in [0, 1)"),
+        ("smooth_carlini_wagner_l2", {"cg_gradient": "adjoint"}, "cg_gradient='adjoint': expected one of"),
+    ]
+    for name, params, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            presets.check_params(name, params)
+    presets.check_params("pgd2", {"iterations": 3.0, "epsilon": 2, "target": np.zeros(2)})  # 3.0 is a whole count

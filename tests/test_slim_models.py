@@ -121,3 +121,15 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path, images):
     assert f"{logits}: checkpoint [1000], model [1001]" in message  # wrong shape
     with pytest.raises(CheckpointError, match="cannot read"):
         load_slim_checkpoint(slim_models.resnet_v2_50(), str(tmp_path / "nothing.ckpt"))
+
+    def poison(t):
+        t[beta] = t[beta].copy()
+        t[beta][5] = np.nan
+        return t
+
+    nan = _rewrite_checkpoint(path, str(tmp_path / "nan.ckpt"), poison)
+    model = slim_models.resnet_v2_50()
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(CheckpointError, match=f"NaN or Inf in 1 tensor\\(s\\): {beta}$"):
+        load_slim_checkpoint(model, nan)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))  # refused before any assignment

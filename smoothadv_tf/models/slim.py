@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from smoothadv_tf.cli import InputError
 from smoothadv_tf.models.wrap import WrappedModel, inception_preprocess
 
 CHECKPOINTS = {
@@ -38,8 +39,8 @@ IGNORED = (
 )
 
 
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model: missing, unexpected or mis-shaped tensors."""
+class CheckpointError(InputError):
+    """A checkpoint that cannot be used: unreadable, missing / unexpected / mis-shaped or non-finite tensors."""
 
 
 class _Builder:
@@ -239,7 +240,7 @@ def load_slim_checkpoint(model, path: str) -> None:
 
     Reads V1 and V2 files with tf.train.load_checkpoint. Every model variable must be found with its exact
     shape, and every checkpoint tensor must be used or match an IGNORED pattern; otherwise one
-    CheckpointError lists all the problems.
+    CheckpointError lists all the problems. Values must be finite (CheckpointError naming the tensors).
     """
     inner = model.inner if isinstance(model, WrappedModel) else model
     variables = getattr(inner, "slim_variables", None)
@@ -264,8 +265,14 @@ def load_slim_checkpoint(model, path: str) -> None:
             if items
         ]
         raise CheckpointError(f"{path}: checkpoint does not fit {inner.name}: " + "; ".join(parts))
+    values = {name: np.asarray(reader.get_tensor(name), dtype=np.float32) for name in variables}
+    bad = sorted(name for name, value in values.items() if not np.isfinite(value).all())
+    if bad:  # checked before any assignment: a refused checkpoint leaves the model as it was
+        raise CheckpointError(
+            f"{path}: NaN or Inf in {len(bad)} tensor(s): " + ", ".join(bad[:20]) + (" ..." if len(bad) > 20 else "")
+        )
     for name, var in variables.items():
-        var.assign(np.asarray(reader.get_tensor(name), dtype=np.float32))
+        var.assign(values[name])
 
 
 def inception_v3(checkpoint: str | None = None, num_classes: int = 1001) -> WrappedModel:

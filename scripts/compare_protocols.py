@@ -10,7 +10,6 @@ Reads <results_dir>/{paper,strong}/records.jsonl, keeps the images both runs att
 for transfer runs) and protocols_operating_characteristic[_<judge>].png.
 """
 
-import json
 import os
 
 import numpy as np
@@ -36,8 +35,7 @@ def main(_):
         path = os.path.join(FLAGS.results_dir, protocol, "run.json")
         if not os.path.exists(path):
             raise app.UsageError(f"{path} not found: run the experiment with --protocol={protocol} first")
-        with open(path) as f:
-            identity = json.load(f)
+        identity = experiment.read_run_identity(path)
         # Only the protocol and what it sets for C&W / sC&W may differ between the two runs.
         identity.pop("protocol", None)
         identity["attacks"] = {

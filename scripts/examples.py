@@ -4,7 +4,8 @@ adversarial, and the perturbation scaled per channel to [0, 1]; titles in green 
     python scripts/examples.py --dataset=fashion_mnist --model=c4      # after scripts/white_box.py
 
 The adversarial images are recomputed with the parameters the run recorded in its run.json (the attacks are
-deterministic), so the figure shows what the table counted. --protocol picks the run (default: paper).
+deterministic), on the model and images the run attacked (checked against its weights and data hashes), so the
+figure shows what the table counted. --protocol picks the run (default: paper).
 """
 
 import os
@@ -48,11 +49,21 @@ def main(_):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    identity = experiment.read_run_identity(os.path.join(out_dir, "run.json"))
     records = evaluation.read_records(path)
+    attacks = [a for a in experiment.check_attacks(FLAGS.attacks) if a in evaluation.per_image_outcomes(records)]
+    if not attacks:
+        raise app.UsageError(f"{path}: none of --attacks={','.join(FLAGS.attacks)} was recorded by that run")
     dataset = experiment.load_data(FLAGS.dataset)
+    if experiment.dataset_fingerprint(dataset) != identity["data"]:
+        raise app.UsageError(f"--dataset/--data_dir: not the images the run in {out_dir} attacked")
     index = {image_id: k for k, image_id in enumerate(dataset.ids)}
     model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    attacks = [a for a in experiment.check_attacks(FLAGS.attacks) if a in evaluation.per_image_outcomes(records)]
+    if experiment.model_fingerprint(model) != identity["weights"]:
+        raise app.UsageError(
+            f"--checkpoint/--seed/--c4_epochs: not the model the run in {out_dir} attacked (its weights differ); "
+            "pass the flags that run was made with"
+        )
     fig, axes = plt.subplots(len(attacks), 3, figsize=(6.6, 2.3 * len(attacks)), squeeze=False)
     for row, attack in enumerate(attacks):
         image_id, target = strongest(records, attack)

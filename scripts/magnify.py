@@ -10,13 +10,12 @@ magnified images share one min/max.
 """
 
 import glob
-import json
 import os
 
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf.cli import run_script
+from smoothadv_tf.cli import check_writable, run_script
 from smoothadv_tf.data import read_image
 
 FLAGS = flags.FLAGS
@@ -50,14 +49,13 @@ def load(path_or_name: str) -> np.ndarray:
 def run_of(images_dir: str) -> tuple[dict, list[dict]]:
     """The run that wrote `images_dir` (white_box.py --save_images): its run.json and its records (the records
     file, or the shard files), from the folder holding images/."""
-    from smoothadv_tf import evaluation
+    from smoothadv_tf import evaluation, experiment
 
     run_dir = os.path.dirname(os.path.normpath(images_dir))
     identity_path = os.path.join(run_dir, "run.json")
     if not os.path.exists(identity_path):
         raise app.UsageError(f"--images_dir={images_dir}: no run.json in {run_dir}; give the images/ folder of a run")
-    with open(identity_path) as f:
-        identity = json.load(f)
+    identity = experiment.read_run_identity(identity_path)
     paths = [os.path.join(run_dir, "records.jsonl")]
     if not os.path.exists(paths[0]):
         paths = sorted(glob.glob(os.path.join(run_dir, "records-shard*.jsonl")))
@@ -96,6 +94,8 @@ def main(_):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if FLAGS.output:
+        check_writable("--output", FLAGS.output)
     if FLAGS.images_dir and FLAGS.image:
         raise app.UsageError("give either --images_dir/--image_id or --image, not both")
     if FLAGS.images_dir:

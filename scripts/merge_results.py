@@ -20,6 +20,8 @@ def main(_):
     if not paths:
         raise app.UsageError(f"{FLAGS.results_dir}: no records-shard*.jsonl files")
     merged, seen, stores = [], set(), []
+    target = os.path.join(FLAGS.results_dir, "records.jsonl")
+    locks = [evaluation.writer_lock(target)]  # nobody appends to the file being replaced
     try:
         for path in paths:
             stores.append(evaluation.RecordStore(path))  # refused while a shard is still being written
@@ -31,12 +33,10 @@ def main(_):
                     )
                 seen.add(key)
                 merged.append(r)
-        evaluation.atomic_write(
-            os.path.join(FLAGS.results_dir, "records.jsonl"), "".join(json.dumps(r) + "\n" for r in merged)
-        )
+        evaluation.atomic_write(target, "".join(json.dumps(r) + "\n" for r in merged))
     finally:
-        for store in stores:
-            store.close()
+        for held in [*stores, *locks]:
+            held.close()
     judges = sorted({r.get("evaluated_on", "self") for r in merged})
     for judge in judges:
         suffix = "" if judge == "self" else judge

@@ -11,6 +11,7 @@ import os
 from absl import flags
 
 from smoothadv_tf import data, experiment
+from smoothadv_tf.cli import check_writable
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist"], "training data")
@@ -39,6 +40,9 @@ flags.DEFINE_string("output", None, "output .keras path (default models/c4[_adv]
 
 
 def main(_):
+    name = "c4_adv" if FLAGS.adversarial_training else "c4"
+    output = FLAGS.output or experiment.c4_cache_path(name, FLAGS.dataset, FLAGS.seed)
+    check_writable("--output", output)
     from smoothadv_tf.models import accuracy, train_c4  # TensorFlow, once the flags are checked
 
     train = data.load_dataset(FLAGS.dataset, FLAGS.data_dir, "train")
@@ -54,8 +58,6 @@ def main(_):
         FLAGS.adversarial_epsilon,
         FLAGS.adversarial_fraction,
     )
-    name = "c4_adv" if FLAGS.adversarial_training else "c4"
-    output = FLAGS.output or experiment.c4_cache_path(name, FLAGS.dataset, FLAGS.seed)
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
     model.save(output + ".tmp.keras")
     os.replace(output + ".tmp.keras", output)

@@ -27,14 +27,17 @@ def main(_):
     if FLAGS.model not in ("c4", "inception_v3"):
         raise app.UsageError(f"--model={FLAGS.model}: the transfer source is c4 or inception_v3")
     experiment.validate_common_flags()
+    adv_name = "c4_adv" if FLAGS.model == "c4" else "adv_inception_v3"
+    experiment.check_c4_file("--target_checkpoint", FLAGS.target_checkpoint, adv_name)
     import keras  # TensorFlow, once the flags are checked
 
     from smoothadv_tf.filters import BilateralFilter
 
     dataset = experiment.load_data(FLAGS.dataset)
     source = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    adv_name = "c4_adv" if FLAGS.model == "c4" else "adv_inception_v3"
-    adversarially_trained = experiment.load_model(adv_name, FLAGS.dataset, FLAGS.target_checkpoint, FLAGS.seed)
+    adversarially_trained = experiment.load_model(
+        adv_name, FLAGS.dataset, FLAGS.target_checkpoint, FLAGS.seed, flag="--target_checkpoint"
+    )
     bilateral = BilateralFilter(FLAGS.bilateral_sigma_d, FLAGS.bilateral_sigma_r, FLAGS.bilateral_radius)
     defended = keras.Sequential([bilateral, source])
     judges = {"bilateral": defended, "adversarially_trained": adversarially_trained}

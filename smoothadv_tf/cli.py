@@ -41,3 +41,12 @@ def run_script(main) -> None:
             fail(e)
 
     app.run(guarded, flags_parser=parse)
+
+
+def check_writable(flag: str, path: str) -> None:
+    """Refuse (UsageError) an output path whose nearest existing ancestor is not a writable directory."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise app.UsageError(f"{flag}={path}: {existing} is not a writable directory")

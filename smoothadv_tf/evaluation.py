@@ -84,9 +84,10 @@ class RecordStore:
     on a fresh line. ``writer=False`` reads without lock or repair.
     """
 
-    def __init__(self, path: str, writer: bool = True):
+    def __init__(self, path: str, writer: bool = True, lock=None):
         self.path = path
-        self._lock = _acquire_writer_lock(path) if writer else None
+        # `lock`: one taken before with writer_lock(path) (a caller that must check more before writing)
+        self._lock = (lock or writer_lock(path)) if writer else None
         try:
             self.records: list[dict] = read_records(path, warn=not writer) if os.path.exists(path) else []
             if writer:  # after the read: a file damaged elsewhere is refused untouched
@@ -131,12 +132,17 @@ class RecordStore:
         self.close()
 
 
-def _acquire_writer_lock(path: str):
+def writer_lock(path: str):
+    """Take the writer lock of records file `path` (an open file; closing it releases the lock), or raise
+    RecordsError naming the process that holds it."""
     import fcntl
     import socket
 
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    lock = open(path + ".lock", "a+")
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        lock = open(path + ".lock", "a+")
+    except OSError as e:
+        raise RecordsError(f"{path}: cannot write here ({e.strerror})") from None
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

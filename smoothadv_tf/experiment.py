@@ -22,7 +22,7 @@ from absl import app, flags, logging
 
 from smoothadv_tf import data as data_lib
 from smoothadv_tf import evaluation, presets
-from smoothadv_tf.cli import run_script  # noqa: F401 - the scripts' entry point, re-exported
+from smoothadv_tf.cli import check_writable, run_script  # noqa: F401 - run_script: the scripts' entry point
 
 FLAGS = flags.FLAGS
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
@@ -48,7 +48,7 @@ def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num
     flags.DEFINE_string("output_dir", "results", "root of the results tree")
     flags.DEFINE_integer("num_shards", 1, "split the images into this many shards", lower_bound=1)
     flags.DEFINE_integer("shard_index", 0, "which shard this process runs", lower_bound=0)
-    flags.DEFINE_integer("seed", 0, "random seed (C4 training)")
+    flags.DEFINE_integer("seed", 0, "random seed (C4 training)", lower_bound=0)
     flags.DEFINE_integer("c4_epochs", 6, "training epochs of a C4 trained here (part of its cache name)", lower_bound=1)
     flags.DEFINE_list(
         "attack_params",
@@ -65,6 +65,19 @@ def validate_common_flags() -> None:
             f"--num_shards={FLAGS.num_shards}, --shard_index={FLAGS.shard_index}: need 0 <= index < shards"
         )
     attack_overrides()  # checks --attacks too
+    if FLAGS.model in ("c4", "c4_adv") and FLAGS.dataset not in ("mnist", "fashion_mnist") and not FLAGS.checkpoint:
+        raise app.UsageError(
+            f"--model={FLAGS.model} --dataset={FLAGS.dataset}: a C4 is trained here only on mnist / fashion_mnist; "
+            "pass --checkpoint with a model for these images"
+        )
+    check_writable("--output_dir", FLAGS.output_dir)
+    check_c4_file("--checkpoint", FLAGS.checkpoint, FLAGS.model)
+
+
+def check_c4_file(flag: str, path: str | None, model: str) -> None:
+    """A given C4 checkpoint must be an existing file (checked before anything is loaded)."""
+    if path is not None and model in ("c4", "c4_adv") and not os.path.isfile(path):
+        raise app.UsageError(f"{flag}={path}: no such file")
 
 
 def attack_overrides() -> dict:
@@ -109,6 +122,8 @@ def preset_for(dataset: str) -> str:
 
 
 def check_attacks(names) -> list[str]:
+    if not names:
+        raise app.UsageError(f"--attacks: empty; expected names from {list(presets.ATTACK_NAMES)}")
     unknown = [a for a in names if a not in presets.ATTACK_NAMES]
     if unknown:
         raise app.UsageError(f"--attacks: unknown {unknown}; expected names from {list(presets.ATTACK_NAMES)}")
@@ -126,14 +141,14 @@ def c4_epochs() -> int:
     return FLAGS.c4_epochs if "c4_epochs" in FLAGS else 6
 
 
-def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int = 0):
+def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int = 0, flag: str = "--checkpoint"):
     """A model with the [0,1] -> logits contract. A C4 without --checkpoint is trained once per (dataset,
     mode, seed, epochs) and cached under models/; a given checkpoint must exist and hold finite weights."""
     if name in ("c4", "c4_adv"):
         from smoothadv_tf.models import load_or_train_c4
 
         if checkpoint is not None:
-            return load_c4(checkpoint)
+            return load_c4(checkpoint, flag)
         return load_or_train_c4(
             c4_cache_path(name, dataset, seed, c4_epochs()),
             dataset,
@@ -147,7 +162,7 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int
     if checkpoint is None:
         default = os.path.join(MODELS_DIR, slim.CHECKPOINTS[name])
         raise app.UsageError(
-            f"--model={name} needs --checkpoint (expected e.g. {default}; "
+            f"--model={name} needs {flag} (expected e.g. {default}; "
             "see models/README.md and scripts/download_checkpoints.py)"
         )
     return slim.build(name, checkpoint)
@@ -173,21 +188,22 @@ def check_fits(model, dataset, what: str) -> None:
         )
 
 
-def load_c4(path: str):
-    """A C4 (any Keras model) from a .keras file; CheckpointError for a missing, unreadable or non-finite one."""
+def load_c4(path: str, flag: str = "--checkpoint"):
+    """A C4 (any Keras model) from a .keras file; CheckpointError naming `flag` for a missing, unreadable or
+    non-finite one."""
     import keras
 
     from smoothadv_tf.models.slim import CheckpointError
 
     if not os.path.isfile(path):
-        raise CheckpointError(f"--checkpoint={path}: no such file")
+        raise CheckpointError(f"{flag}={path}: no such file")
     try:
         model = keras.models.load_model(path)
     except Exception as e:  # noqa: BLE001 - Keras raises several types for a damaged archive
-        raise CheckpointError(f"--checkpoint={path}: cannot load a Keras model ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{flag}={path}: cannot load a Keras model ({type(e).__name__}: {e})") from e
     bad = [w.path for w in model.weights if not np.isfinite(np.asarray(w)).all()]
     if bad:
-        raise CheckpointError(f"--checkpoint={path}: NaN or Inf in {', '.join(bad[:10])}")
+        raise CheckpointError(f"{flag}={path}: NaN or Inf in {', '.join(bad[:10])}")
     return model
 
 
@@ -269,6 +285,20 @@ def identity_differences(recorded: dict, now: dict) -> list[str]:
     return diffs
 
 
+def read_run_identity(path: str) -> dict:
+    """A run.json, or RecordsError saying it is damaged."""
+    try:
+        with open(path) as f:
+            identity = json.load(f)
+    except (OSError, ValueError) as e:
+        raise evaluation.RecordsError(f"{path}: not a readable run identity ({e})") from None
+    needed = {"experiment", "dataset", "model", "protocol", "attacks", "weights", "data"}
+    if not isinstance(identity, dict) or not needed <= set(identity):
+        missing = sorted(needed - set(identity)) if isinstance(identity, dict) else "all"
+        raise evaluation.RecordsError(f"{path}: not a run identity of this version (missing {missing})")
+    return identity
+
+
 def claim_run(out_dir: str, identity: dict) -> str:
     """Record the identity in out_dir/run.json, or check it against the one there; return the run id.
     A different run in the same folder is refused (exit 2) with what differs."""
@@ -279,8 +309,7 @@ def claim_run(out_dir: str, identity: dict) -> str:
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # shards starting together: check and merge one at a time
         if os.path.exists(path):
-            with open(path) as f:
-                recorded = json.load(f)
+            recorded = read_run_identity(path)
             diffs = identity_differences(recorded, identity)
             if diffs:
                 raise app.UsageError(
@@ -297,8 +326,7 @@ def recorded_params(out_dir: str, attack: str, target) -> dict:
     path = os.path.join(out_dir, "run.json")
     if not os.path.exists(path):
         raise app.UsageError(f"{path} not found: run the experiment with the same flags first")
-    with open(path) as f:
-        runs = json.load(f)["attacks"].get(attack)
+    runs = read_run_identity(path)["attacks"].get(attack)
     for params in runs or []:
         if target is None or params.get("epsilon") == target:
             return params
@@ -344,27 +372,32 @@ def run(
         check_fits(judge, dataset, f"{FLAGS.model} judged on {judge_name}")
     out_dir = output_dir(experiment, FLAGS.dataset, FLAGS.model)
     identity = run_identity(experiment, dataset, model, single_run=single_run, defaults=defaults, judges=judges)
-    # The writer lock first: a second process on this folder is refused before it touches anything.
-    store = evaluation.RecordStore(records_path(out_dir))
-    rid = claim_run(out_dir, identity)
+    # The writer lock first (a second process on this folder is refused before it touches anything), then the
+    # identity check, and only then the records file is read and repaired.
+    lock = evaluation.writer_lock(records_path(out_dir))
+    try:
+        rid = claim_run(out_dir, identity)
+    except BaseException:
+        lock.close()
+        raise
     logging.info("run %s (protocol %s) in %s", rid, FLAGS.protocol, out_dir)
     indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
-    evaluation.run_experiment(
-        model,
-        dataset,
-        check_attacks(FLAGS.attacks),
-        preset_for(FLAGS.dataset),
-        store,
-        indices,
-        FLAGS.batch_size,
-        single_run=single_run,
-        evaluate_on=evaluate_on,
-        save_images_dir=f"{out_dir}/images" if save_images else None,
-        overrides={**(defaults or {}), **attack_overrides()},
-        protocol=FLAGS.protocol,
-        run_id=rid,
-    )
-    store.close()
+    with evaluation.RecordStore(records_path(out_dir), lock=lock) as store:
+        evaluation.run_experiment(
+            model,
+            dataset,
+            check_attacks(FLAGS.attacks),
+            preset_for(FLAGS.dataset),
+            store,
+            indices,
+            FLAGS.batch_size,
+            single_run=single_run,
+            evaluate_on=evaluate_on,
+            save_images_dir=f"{out_dir}/images" if save_images else None,
+            overrides={**(defaults or {}), **attack_overrides()},
+            protocol=FLAGS.protocol,
+            run_id=rid,
+        )
     if FLAGS.num_shards > 1:
         print(f"shard {FLAGS.shard_index}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")
         return None, out_dir

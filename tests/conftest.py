@@ -67,3 +67,75 @@ def c4_path(c4_model, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("models") / "c4.keras")
     c4_model.save(path)
     return path
+
+
+# ---------------------------------------------------------------- tf_slim oracle graphs (test helpers only)
+def _randomise(sess, variables, seed):
+    rng = np.random.default_rng(seed)
+    for v in variables:
+        shape = v.shape.as_list()
+        name = v.op.name
+        if name.endswith("moving_variance") or name.endswith("gamma"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif name.endswith(("moving_mean", "beta", "biases")):
+            value = rng.normal(0.0, 0.1, shape)
+        elif name.endswith("weights"):
+            fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        else:
+            continue  # global_step
+        v.load(value.astype(np.float32), sess)
+
+
+def slim_reference(net: str, image_sets, save_prefix: str, versions=("V2",), seed: int = 0):
+    """Build the slim graph once, randomise all variables, save it in each checkpoint format of `versions`;
+    return slim's logits for each array of `image_sets` and {version: checkpoint path}."""
+    import tensorflow as tf
+
+    tf_slim = import_tf_slim()
+    from tf_slim.nets import inception_v3, resnet_v2
+
+    shapes = {tuple(images.shape[1:]) for images in image_sets}
+    graph = tf.Graph()
+    with graph.as_default():
+        # one size: a static shape (InceptionV3's last pool needs it); several: ResNet, size-agnostic
+        shape = next(iter(shapes)) if len(shapes) == 1 else (None, None, image_sets[0].shape[-1])
+        x = tf.compat.v1.placeholder(tf.float32, (None, *shape))
+        preprocessed = 2.0 * x - 1.0  # slim's inception preprocessing of [0,1] images
+        if net == "inception_v3":
+            with tf_slim.arg_scope(inception_v3.inception_v3_arg_scope()):
+                logits, _ = inception_v3.inception_v3(preprocessed, num_classes=1001, is_training=False)
+        else:
+            with tf_slim.arg_scope(resnet_v2.resnet_arg_scope()):
+                logits, _ = resnet_v2.resnet_v2_50(preprocessed, num_classes=1001, is_training=False)
+        variables = tf.compat.v1.global_variables()
+        formats = {"V1": tf.compat.v1.train.SaverDef.V1, "V2": tf.compat.v1.train.SaverDef.V2}
+        with tf.compat.v1.Session(graph=graph) as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            _randomise(sess, variables, seed)
+            paths = {
+                v: tf.compat.v1.train.Saver(variables, write_version=formats[v]).save(sess, f"{save_prefix}.{v}")
+                for v in versions
+            }
+            outs = [sess.run(logits, {x: images}).reshape(len(images), -1) for images in image_sets]  # resnet: 1x1
+    return outs, paths
+
+
+@pytest.fixture(scope="session")
+def slim_inception_v3(tmp_path_factory):
+    """tf_slim's own InceptionV3 with randomised weights, built once: two real photos (8-bit values, as PNGs
+    hold them), slim's logits for them, and the checkpoint saved in both formats {"V1": path, "V2": path}."""
+    images = np.round(photos(299, 2) * 255) / 255
+    (logits,), paths = slim_reference(
+        "inception_v3", [images], str(tmp_path_factory.mktemp("slim") / "inception_v3"), ("V1", "V2")
+    )
+    return images, logits, paths
+
+
+@pytest.fixture(scope="session")
+def slim_resnet_v2_50(tmp_path_factory):
+    """tf_slim's ResNetV2-50 with randomised weights, built once: photos at 299 and 224 pixels, slim's logits
+    for each, and the V2 checkpoint path."""
+    sets = [photos(299, 2), photos(224, 2)]
+    logits, paths = slim_reference("resnet_v2_50", sets, str(tmp_path_factory.mktemp("slim") / "resnet"), seed=1)
+    return sets, logits, paths["V2"]

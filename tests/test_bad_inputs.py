@@ -83,9 +83,18 @@ FLAG_CASES = [
     ("white_box.py", ["--model=inception_v3", "--dataset=nips17"], ["--dataset=nips17 needs --data_dir"]),
     ("white_box.py", ["--data_dir=/no/such/dir"], ["--data_dir=/no/such/dir: no such directory"]),
     ("white_box.py", ["--checkpoint=/no/such/c4.keras"], ["--checkpoint=/no/such/c4.keras: no such file"]),
+    ("white_box.py", ["--attacks="], ["--attacks: empty"]),
+    ("white_box.py", ["--seed=-1"], ["flag --seed=-1"]),
+    ("white_box.py", ["--output_dir=/etc/passwd/results"], ["--output_dir=/etc/passwd/results: /etc/passwd is not a"]),
+    (
+        "white_box.py",
+        ["--dataset=folder", "--data_dir=OUT"],
+        ["--model=c4 --dataset=folder: a C4 is trained here only on mnist / fashion_mnist"],
+    ),
     ("adversarial_training.py", ["--model=c4"], ["--model=c4: this experiment attacks c4_adv or adv_inception_v3"]),
     ("adversarial_training.py", ["--c4_epochs=0"], ["flag --c4_epochs=0"]),
     ("transfer.py", ["--model=resnet_v2_50"], ["the transfer source is c4 or inception_v3"]),
+    ("transfer.py", ["--target_checkpoint=/no/adv.keras"], ["--target_checkpoint=/no/adv.keras: no such file"]),
     ("transfer.py", ["--bilateral_sigma_d=0"], ["flag --bilateral_sigma_d=0.0: must be positive"]),
     ("transfer.py", ["--bilateral_radius=0"], ["flag --bilateral_radius=0"]),
     ("examples.py", ["--protocol=strong"], ["records.jsonl not found: run scripts/white_box.py"]),
@@ -120,6 +129,7 @@ def test_bad_flag(tmp_path, script, args, fragments):
     extra += [f"--output={out}/x.json"] if script.startswith("bench_") else []
     extra += [f"--models_dir={out}"] if script == "download_checkpoints.py" else []
     extra += [f"--output={out}/x.keras"] if script == "train_mnist.py" else []
+    extra = [e for e in extra if not any(a.startswith(e.split("=")[0] + "=") for a in args)]
     done = run_script(script, *args, *extra, cwd=tmp_path)
     assert_refused(done, script, *fragments)
     assert not out.exists() and sorted(os.listdir(tmp_path)) == [], os.listdir(tmp_path)
@@ -155,6 +165,9 @@ def photo_folder(tmp_path):
     return folder
 
 
+IMAGENET = ["--model=inception_v3"]  # images are read before the model is loaded: data errors come first
+
+
 def test_truncated_idx_file(tmp_path, idx_copy):
     images = idx_copy / "t10k-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-1000])
@@ -166,17 +179,23 @@ def test_truncated_idx_file(tmp_path, idx_copy):
 def test_corrupt_png_in_an_image_folder(tmp_path, photo_folder):
     broken = photo_folder / "p1.png"
     broken.write_bytes(broken.read_bytes()[:200])
-    done = run_script("white_box.py", "--dataset=folder", f"--data_dir={photo_folder}", f"--output_dir={tmp_path}/out")
+    done = run_script(
+        "white_box.py", "--dataset=folder", f"--data_dir={photo_folder}", *IMAGENET, f"--output_dir={tmp_path}/out"
+    )
     assert_refused(done, "white_box.py", str(broken), "corrupt or unreadable image")
     assert not (tmp_path / "out").exists()
 
 
 def test_labels_csv_naming_a_missing_image(tmp_path, photo_folder):
     (photo_folder / "dev_dataset.csv").write_text("ImageId,TrueLabel\np0,3\np7,5\n")
-    done = run_script("white_box.py", "--dataset=nips17", f"--data_dir={photo_folder}", f"--output_dir={tmp_path}/out")
+    done = run_script(
+        "white_box.py", "--dataset=nips17", f"--data_dir={photo_folder}", *IMAGENET, f"--output_dir={tmp_path}/out"
+    )
     assert_refused(done, "white_box.py", "dev_dataset.csv: row 3: image", "p7.png not found")
     (photo_folder / "labels.csv").write_text("filename,label\np0.png,3\np9.png,1\n")
-    done = run_script("white_box.py", "--dataset=folder", f"--data_dir={photo_folder}", f"--output_dir={tmp_path}/out")
+    done = run_script(
+        "white_box.py", "--dataset=folder", f"--data_dir={photo_folder}", *IMAGENET, f"--output_dir={tmp_path}/out"
+    )
     assert_refused(done, "white_box.py", "labels.csv: row 3: image 'p9.png' not in")
     assert not (tmp_path / "out").exists()
 
@@ -186,8 +205,23 @@ def test_nips17_image_of_the_wrong_size(tmp_path, photo_folder):
 
     save_png(photo_folder / "p1.png", photos(128, 1)[0])
     (photo_folder / "dev_dataset.csv").write_text("ImageId,TrueLabel\np0,3\np1,5\n")
-    done = run_script("white_box.py", "--dataset=nips17", f"--data_dir={photo_folder}", f"--output_dir={tmp_path}/out")
+    done = run_script(
+        "white_box.py", "--dataset=nips17", f"--data_dir={photo_folder}", *IMAGENET, f"--output_dir={tmp_path}/out"
+    )
     assert_refused(done, "white_box.py", "p1.png: image is 128x128, expected 299x299")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", ['{"experiment": "white_box", "attac', '{"model": "c4"}'])
+def test_damaged_run_identity(tmp_path, content):
+    folder = tmp_path / "out/white_box/fashion_mnist-c4/paper"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(content)
+    (folder / "records.jsonl").write_text('{"image_id": "a", "attack": "fgsm", "target": 0.1, "success": false}\n')
+    before = tree(tmp_path / "out")
+    done = run_script("examples.py", f"--output_dir={tmp_path}/out")
+    assert_refused(done, "examples.py", f"{folder / 'run.json'}: not a")
+    assert tree(tmp_path / "out") == before
 
 
 @pytest.mark.slow

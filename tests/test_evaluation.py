@@ -157,15 +157,17 @@ def test_white_box_resumes_after_kill_and_shards_merge(tmp_path, c4_path):
     for name in ("table.md", "table.csv", "operating_characteristic.png"):
         assert (full_dir / name).stat().st_size > 0
 
-    # 2. SIGKILLed three times at random points (after a random number of recorded lines, polled every 10 ms,
-    # so a kill may land inside a write), resumed each time with the same command. Every kill leaves only
-    # whole records plus at most one fragment (dropped on resume); the resumed run ends with the same
-    # table as the uninterrupted one and no record twice. A killed run's writer lock never blocks the resume.
+    # 2. SIGKILLed three times at random points (once a random number of lines is recorded, polled every 10 ms:
+    # mostly between writes; a kill inside a write is covered byte by byte in
+    # test_records_survive_a_kill_at_every_byte_of_a_write), resumed each time with the same command. The
+    # resumed run ends with the same table as the uninterrupted one, every record once; a killed run's
+    # writer lock never blocks the resume.
     cmd, env = _script("white_box.py", *common, f"--output_dir={tmp_path}/killed")
     records = tmp_path / "killed/white_box/fashion_mnist-c4/paper/records.jsonl"
     total = 60 * (1 + 6 + 6 + 1)
-    rng = np.random.default_rng(int(time.time()))
-    kills = sorted(rng.integers(lo, lo + 150) for lo in (40, 300, 560))
+    seed = int(time.time())
+    kills = sorted(np.random.default_rng(seed).integers(lo, lo + 150) for lo in (40, 300, 560))
+    print(f"kill points {kills} (seed {seed})")
     for threshold in kills:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
@@ -173,12 +175,10 @@ def test_white_box_resumes_after_kill_and_shards_merge(tmp_path, c4_path):
             if records.exists() and records.read_bytes().count(b"\n") >= threshold:
                 break
             time.sleep(0.01)
-        assert proc.poll() is None, f"the run finished before it could be killed (kills at {kills})"
+        assert proc.poll() is None, f"the run finished before it could be killed (kills at {kills}, seed {seed})"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        whole = records.read_bytes().count(b"\n")
-        assert threshold <= whole < total
-        assert len(evaluation.read_records(str(records))) == whole  # nothing lost but the fragment in flight
+        assert threshold <= records.read_bytes().count(b"\n") < total, (kills, seed)
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
     resumed = json.loads((records.parent / "summary.json").read_text())
     assert_same_summary(resumed, full)

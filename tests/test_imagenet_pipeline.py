@@ -8,17 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import photos
 from PIL import Image
-from test_slim_models import slim_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-def test_white_box_on_nips17_with_slim_checkpoint(tmp_path):
-    images = np.round(photos(299, 2) * 255) / 255  # what the PNGs will hold
-    logits, ckpt = slim_reference("inception_v3", images, str(tmp_path / "inception_v3.ckpt"), "V1")
+def test_white_box_on_nips17_with_slim_checkpoint(tmp_path, slim_inception_v3):
+    images, logits, paths = slim_inception_v3  # the photos hold 8-bit values, as the PNGs will
+    ckpt = paths["V1"]
     labels = np.argmax(logits, -1)  # random weights: take slim's own predictions as the true labels
     data_dir = tmp_path / "nips17"
     data_dir.mkdir()

@@ -47,7 +47,13 @@ def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num
     flags.DEFINE_integer("batch_size", 100, "images per attack batch", lower_bound=1)
     flags.DEFINE_string("output_dir", "results", "root of the results tree")
     flags.DEFINE_integer("num_shards", 1, "split the images into this many shards", lower_bound=1)
-    flags.DEFINE_integer("shard_index", 0, "which shard this process runs", lower_bound=0)
+    flags.DEFINE_integer(
+        "shard_index",
+        None,
+        "which shard this process runs (default: from the scheduler's $SLURM_ARRAY_TASK_ID or "
+        "$JOB_COMPLETION_INDEX when --num_shards > 1, else 0)",
+        lower_bound=0,
+    )
     flags.DEFINE_integer("seed", 0, "random seed (C4 training)", lower_bound=0)
     flags.DEFINE_integer("c4_epochs", 6, "training epochs of a C4 trained here (part of its cache name)", lower_bound=1)
     flags.DEFINE_list(
@@ -60,10 +66,9 @@ def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num
 
 def validate_common_flags() -> None:
     """Check what the flag bounds (checked while parsing) cannot, before any data or model is loaded."""
-    if FLAGS.num_shards < 1 or not 0 <= FLAGS.shard_index < FLAGS.num_shards:
-        raise app.UsageError(
-            f"--num_shards={FLAGS.num_shards}, --shard_index={FLAGS.shard_index}: need 0 <= index < shards"
-        )
+    index, source = shard_index_and_source()
+    if not 0 <= index < FLAGS.num_shards:
+        raise app.UsageError(f"--num_shards={FLAGS.num_shards}, {source}={index}: need 0 <= index < shards")
     attack_overrides()  # checks --attacks too
     if FLAGS.model in ("c4", "c4_adv") and FLAGS.dataset not in ("mnist", "fashion_mnist") and not FLAGS.checkpoint:
         raise app.UsageError(
@@ -78,6 +83,35 @@ def check_c4_file(flag: str, path: str | None, model: str) -> None:
     """A given C4 checkpoint must be an existing file (checked before anything is loaded)."""
     if path is not None and model in ("c4", "c4_adv") and not os.path.isfile(path):
         raise app.UsageError(f"{flag}={path}: no such file")
+
+
+SCHEDULER_INDEX = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm job arrays, Kubernetes Indexed Jobs
+
+
+def shard_index_and_source() -> tuple[int, str]:
+    """This process's shard and where it came from: --shard_index, else (with --num_shards > 1) the scheduler's
+    task index — Slurm's array task id counted from $SLURM_ARRAY_TASK_MIN, or Kubernetes' completion index —
+    else 0."""
+    if FLAGS.shard_index is not None:
+        return FLAGS.shard_index, "--shard_index"
+    if FLAGS.num_shards > 1:
+        for name in SCHEDULER_INDEX:
+            value = os.environ.get(name)
+            if value is None:
+                continue
+            try:
+                index = int(value) - (int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0)) if name.startswith("SLURM") else 0)
+            except ValueError:
+                raise app.UsageError(f"${name}={value!r}: not an integer shard index") from None
+            return index, f"${name}"
+        raise app.UsageError(
+            f"--num_shards={FLAGS.num_shards} needs --shard_index (or a scheduler's ${' / $'.join(SCHEDULER_INDEX)})"
+        )
+    return 0, "--shard_index"
+
+
+def shard_index() -> int:
+    return shard_index_and_source()[0]
 
 
 def attack_overrides() -> dict:
@@ -336,7 +370,7 @@ def recorded_params(out_dir: str, attack: str, target) -> dict:
 def records_path(out_dir: str) -> str:
     if FLAGS.num_shards == 1:
         return os.path.join(out_dir, "records.jsonl")
-    return os.path.join(out_dir, f"records-shard{FLAGS.shard_index:04d}-of-{FLAGS.num_shards:04d}.jsonl")
+    return os.path.join(out_dir, f"records-shard{shard_index():04d}-of-{FLAGS.num_shards:04d}.jsonl")
 
 
 def report(records, out_dir: str, title: str, evaluated_on: str = "self", suffix: str = "") -> str:
@@ -381,7 +415,7 @@ def run(
         lock.close()
         raise
     logging.info("run %s (protocol %s) in %s", rid, FLAGS.protocol, out_dir)
-    indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, FLAGS.shard_index)
+    indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, shard_index())
     with evaluation.RecordStore(records_path(out_dir), lock=lock) as store:
         evaluation.run_experiment(
             model,
@@ -399,6 +433,6 @@ def run(
             run_id=rid,
         )
     if FLAGS.num_shards > 1:
-        print(f"shard {FLAGS.shard_index}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")
+        print(f"shard {shard_index()}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")
         return None, out_dir
     return store.records, out_dir

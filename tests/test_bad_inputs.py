@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_script(script: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")}
+    env = {**env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
     cmd = [sys.executable, os.path.join(ROOT, "scripts", script), *args]
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
 
@@ -60,6 +61,7 @@ FLAG_CASES = [
     ("white_box.py", ["--num_images=-1"], ["flag --num_images=-1"]),
     ("white_box.py", ["--no_such_flag=1"], ["no_such_flag"]),
     ("white_box.py", ["--num_shards=2", "--shard_index=2"], ["--shard_index=2", "need 0 <= index < shards"]),
+    ("white_box.py", ["--num_shards=2"], ["--num_shards=2 needs --shard_index (or a scheduler's"]),
     ("white_box.py", ["--attacks=fgsm,cw"], ["--attacks: unknown ['cw']"]),
     ("white_box.py", ["--attack_params=iterations=abc"], ["--attack_params: iterations=abc: expected an integer"]),
     ("white_box.py", ["--attack_params=iterations=2.5"], ["iterations=2.5: expected an integer"]),

@@ -132,7 +132,8 @@ def assert_same_summary(a: dict, b: dict) -> None:
 
 
 def _script(name, *args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")}
+    env = {**env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
     return [sys.executable, os.path.join(ROOT, "scripts", name), *args], env
 
 
@@ -186,12 +187,18 @@ def test_white_box_resumes_after_kill_and_shards_merge(tmp_path, c4_path):
     assert len(keys) == len(set(keys)) == total  # nothing recorded twice, nothing missing
     assert records.read_bytes().endswith(b"\n")
 
-    # 3. two shards, merged, give the same table
-    for k in range(2):
-        cmd, env = _script(
-            "white_box.py", *common, f"--output_dir={tmp_path}/sharded", "--num_shards=2", f"--shard_index={k}"
-        )
-        subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+    # 3. two shards taking their index from the scheduler (docs/cluster.md: a Kubernetes Indexed Job, a Slurm
+    # array numbered from 4), merged, give the same table; a shard run again (a scheduler's retry) is a no-op
+    sharded = tmp_path / "sharded/white_box/fashion_mnist-c4/paper"
+    schedulers = [{"JOB_COMPLETION_INDEX": "0"}, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "4"}]
+    shards = []
+    for scheduler in schedulers + schedulers[1:]:
+        cmd, env = _script("white_box.py", *common, f"--output_dir={tmp_path}/sharded", "--num_shards=2")
+        subprocess.run(cmd, env={**env, **scheduler}, check=True, capture_output=True, timeout=600)
+        shards.append({p.name: p.read_bytes() for p in sharded.glob("records-shard*.jsonl")})
+    assert list(shards[0]) == ["records-shard0000-of-0002.jsonl"]
+    assert sorted(shards[1]) == ["records-shard0000-of-0002.jsonl", "records-shard0001-of-0002.jsonl"]
+    assert shards[2] == shards[1]  # the retry recorded nothing new
     cmd, env = _script("merge_results.py", f"--results_dir={tmp_path}/sharded/white_box/fashion_mnist-c4/paper")
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     merged = json.loads((tmp_path / "sharded/white_box/fashion_mnist-c4/paper/summary.json").read_text())
@@ -312,3 +319,17 @@ def test_a_resume_never_mixes_runs(tmp_path, c4_path):
         assert {r["attack"] for r in records} == attacks_run | {"clean"}
     strong_cw = json.loads((tmp_path / "white_box/fashion_mnist-c4/strong/run.json").read_text())["attacks"]
     assert strong_cw["carlini_wagner_l2"][0]["binary_search_steps"] == 5
+
+
+def test_cluster_files_run_as_many_tasks_as_shards():
+    """docs/cluster: the Slurm array and the Kubernetes Indexed Job each start --num_shards tasks."""
+    import re
+
+    slurm = open(os.path.join(ROOT, "docs/cluster/white_box.slurm")).read()
+    first, last = map(int, re.search(r"#SBATCH --array=(\d+)-(\d+)", slurm).groups())
+    assert last - first + 1 == int(re.search(r"NUM_SHARDS=(\d+)", slurm).group(1))
+    job = open(os.path.join(ROOT, "docs/cluster/white_box-job.yaml")).read()
+    completions = int(re.search(r"completions: (\d+)", job).group(1))
+    assert "completionMode: Indexed" in job and f"--num_shards={completions}" in job
+    merge = open(os.path.join(ROOT, "docs/cluster/merge-job.yaml")).read()
+    assert "--results_dir=/work/results/white_box/nips17-inception_v3/paper" in merge

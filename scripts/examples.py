@@ -57,13 +57,14 @@ def main(_):
     dataset = experiment.load_data(FLAGS.dataset)
     if experiment.dataset_fingerprint(dataset) != identity["data"]:
         raise app.UsageError(f"--dataset/--data_dir: not the images the run in {out_dir} attacked")
-    index = {image_id: k for k, image_id in enumerate(dataset.ids)}
     model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
     if experiment.model_fingerprint(model) != identity["weights"]:
         raise app.UsageError(
             f"--checkpoint/--seed/--c4_epochs: not the model the run in {out_dir} attacked (its weights differ); "
             "pass the flags that run was made with"
         )
+    dataset = experiment.fit_labels(model, dataset)
+    index = {image_id: k for k, image_id in enumerate(dataset.ids)}
     fig, axes = plt.subplots(len(attacks), 3, figsize=(6.6, 2.3 * len(attacks)), squeeze=False)
     for row, attack in enumerate(attacks):
         image_id, target = strongest(records, attack)

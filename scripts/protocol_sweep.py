@@ -45,6 +45,7 @@ def main(_):
 
     dataset = experiment.load_data(FLAGS.dataset)
     model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
+    dataset = experiment.fit_labels(model, dataset)
     x, y = dataset.images[: FLAGS.num_images], dataset.labels[: FLAGS.num_images]
     keep = np.argmax(attacks_lib.logits_of(model, x).numpy(), -1) == y
     x, y = x[keep], y[keep]
@@ -84,7 +85,7 @@ def main(_):
         for steps in sorted({1, FLAGS.max_binary_steps}):
             measure(attack, "binary_search_steps", steps, "misclassified", binary_search_steps=steps, iterations=100)
 
-    out_dir = os.path.join(FLAGS.output_dir, "protocol_sweep", f"{FLAGS.dataset}-{FLAGS.model}")
+    out_dir = os.path.join(FLAGS.output_dir, "protocol_sweep", f"{FLAGS.dataset}-{experiment.model_tag(FLAGS.model)}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "protocol_sweep.json.tmp"), "w") as f:
         json.dump({"images": int(len(x)), "preset": preset, "overrides": overrides, "rows": rows}, f, indent=2)

@@ -27,12 +27,43 @@ from smoothadv_tf.cli import check_writable, run_script  # noqa: F401 - run_scri
 FLAGS = flags.FLAGS
 MODELS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
 MODEL_NAMES = ("c4", "c4_adv", "inception_v3", "adv_inception_v3", "resnet_v2_50")
+# keras.applications classifiers and their input sides (= models.APPLICATIONS, without importing TensorFlow)
+KERAS_APPLICATIONS = {"InceptionV3": 299, "ResNet50": 224, "MobileNetV2": 224, "EfficientNetB0": 224}
+
+
+def model_flag_problem(value: str) -> str | None:
+    """Why a --model value is not a model this project can load (None if it is)."""
+    kind, sep, rest = value.partition(":")
+    if not sep:
+        return (
+            None if value in MODEL_NAMES else f"expected one of {list(MODEL_NAMES)}, keras:<Name> or savedmodel:<dir>"
+        )
+    if kind == "keras":
+        return None if rest in KERAS_APPLICATIONS else f"keras:<Name> with Name in {list(KERAS_APPLICATIONS)}"
+    if kind == "savedmodel":
+        return None if os.path.isdir(rest) else f"savedmodel:<dir>: {rest!r} is not a directory"
+    return f"unknown model source {kind!r}: expected keras:<Name> or savedmodel:<dir>"
+
+
+def model_tag(value: str) -> str:
+    """The --model value as a folder name: keras:ResNet50 -> keras-ResNet50, savedmodel:/a/b -> savedmodel-b."""
+    kind, sep, rest = value.partition(":")
+    if not sep:
+        return value
+    return f"{kind}-{os.path.basename(os.path.normpath(rest)) if kind == 'savedmodel' else rest}"
 
 
 def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num_images=1000) -> None:
     flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist", "nips17", "folder"], "dataset")
     flags.DEFINE_string("data_dir", None, "dataset directory (IDX files, NIPS-17 PNGs + CSV, or image folder)")
-    flags.DEFINE_enum("model", "c4", list(MODEL_NAMES), "model to attack")
+    flags.DEFINE_string(
+        "model",
+        "c4",
+        f"model to attack: one of {list(MODEL_NAMES)}; keras:<Name> (a keras.applications classifier, "
+        f"Name in {list(KERAS_APPLICATIONS)}; --checkpoint: its weights file, default the ImageNet weights); "
+        "savedmodel:<dir> (a SavedModel taking [0, 1] images, as TF-Hub classifiers do)",
+    )
+    flags.register_validator("model", lambda v: model_flag_problem(v) is None, "not a model (see --helpfull)")
     flags.DEFINE_string("checkpoint", None, "checkpoint: .keras file for C4, slim .ckpt prefix for ImageNet models")
     flags.DEFINE_list("attacks", list(default_attacks), f"comma list from {list(presets.ATTACK_NAMES)}")
     flags.DEFINE_enum("preset", None, list(presets.PRESETS), "attack parameters (default: from the dataset)")
@@ -77,6 +108,8 @@ def validate_common_flags() -> None:
         )
     check_writable("--output_dir", FLAGS.output_dir)
     check_c4_file("--checkpoint", FLAGS.checkpoint, FLAGS.model)
+    if FLAGS.model.startswith("keras:") and FLAGS.checkpoint and not os.path.isfile(FLAGS.checkpoint):
+        raise app.UsageError(f"--checkpoint={FLAGS.checkpoint}: no such weights file for --model={FLAGS.model}")
 
 
 def check_c4_file(flag: str, path: str | None, model: str) -> None:
@@ -191,6 +224,9 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int
             seed=seed,
             epochs=c4_epochs(),
         )
+    kind, _, rest = name.partition(":")
+    if kind in ("keras", "savedmodel"):
+        return load_foreign_model(kind, rest, checkpoint, flag)
     from smoothadv_tf.models import slim
 
     if checkpoint is None:
@@ -222,6 +258,20 @@ def check_fits(model, dataset, what: str) -> None:
         )
 
 
+def load_foreign_model(kind: str, what: str, weights: str | None, flag: str = "--checkpoint"):
+    """keras:<Name> (weights file, or the ImageNet weights Keras downloads) or savedmodel:<dir>."""
+    from smoothadv_tf.models import from_saved_model, keras_application
+    from smoothadv_tf.models.slim import CheckpointError
+
+    try:
+        if kind == "keras":
+            return keras_application(what, weights=weights or "imagenet")
+        return from_saved_model(what)
+    except Exception as e:  # noqa: BLE001 - Keras / TF raise many types for a missing download or a bad file
+        source = f"{flag}={weights}" if weights else f"--model={kind}:{what}"
+        raise CheckpointError(f"{source}: cannot load ({type(e).__name__}: {e})") from e
+
+
 def load_c4(path: str, flag: str = "--checkpoint"):
     """A C4 (any Keras model) from a .keras file; CheckpointError naming `flag` for a missing, unreadable or
     non-finite one."""
@@ -241,12 +291,41 @@ def load_c4(path: str, flag: str = "--checkpoint"):
     return model
 
 
-def load_data(dataset: str, image_size: int = 299):
+def fit_labels(model, dataset):
+    """The dataset with labels in the model's class convention. NIPS-17 labels are slim's (1001 classes, 0 =
+    background); for a 1000-class model (keras.applications) they become 0..999. Any other mismatch between
+    the labels and the model's classes is a DataError, never a silent off-by-one."""
+    from smoothadv_tf import attacks as attacks_lib
+    from smoothadv_tf.data import DataError, Dataset
+
+    classes = int(attacks_lib.logits_of(model, dataset.images[:1]).shape[-1])
+    labels = dataset.labels
+    known = labels[labels >= 0]  # -1: unlabelled, attacked w.r.t. the model's own prediction
+    if dataset.num_classes == classes or known.size == 0:
+        return dataset
+    if FLAGS.dataset == "nips17" and dataset.num_classes == 1001 and classes == 1000:
+        if (known == 0).any():
+            raise DataError("--dataset=nips17: label 0 (slim's background class) has no class in a 1000-class model")
+        logging.info("NIPS-17 labels 1..1000 (slim's convention) mapped to the model's 0..999")
+        return Dataset(dataset.images, np.where(labels >= 0, labels - 1, labels), dataset.ids, classes)
+    if known.max() >= classes:
+        raise DataError(
+            f"--dataset={FLAGS.dataset}: labels go up to {int(known.max())}, but --model={FLAGS.model} has "
+            f"{classes} classes"
+        )
+    return dataset
+
+
+def load_data(dataset: str, image_size: int | None = None):
+    """The test split; photo folders are resized to the model's input side (299, or a keras model's own)."""
+    if image_size is None:
+        kind, _, name = FLAGS.model.partition(":")
+        image_size = KERAS_APPLICATIONS[name] if kind == "keras" else 299
     return data_lib.load_dataset(dataset, FLAGS.data_dir, "test", image_size)
 
 
 def output_dir(experiment: str, dataset: str, model: str, protocol: str | None = None) -> str:
-    return os.path.join(FLAGS.output_dir, experiment, f"{dataset}-{model}", protocol or FLAGS.protocol)
+    return os.path.join(FLAGS.output_dir, experiment, f"{dataset}-{model_tag(model)}", protocol or FLAGS.protocol)
 
 
 # ------------------------------------------------------------------------------------------- run identity
@@ -406,6 +485,7 @@ def run(
         check_fits(judge, dataset, f"{FLAGS.model} judged on {judge_name}")
     out_dir = output_dir(experiment, FLAGS.dataset, FLAGS.model)
     identity = run_identity(experiment, dataset, model, single_run=single_run, defaults=defaults, judges=judges)
+    dataset = fit_labels(model, dataset)  # after the identity, which hashes the files' own labels
     # The writer lock first (a second process on this folder is refused before it touches anything), then the
     # identity check, and only then the records file is read and repaired.
     lock = evaluation.writer_lock(records_path(out_dir))

@@ -1,10 +1,12 @@
 """C4, its adversarial training, and wrapping foreign models (SavedModel) into the [0,1] -> logits contract."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 
-from smoothadv_tf import attacks
+from smoothadv_tf import attacks, experiment
 from smoothadv_tf.data import load_fashion_mnist
 from smoothadv_tf.models import c4, from_saved_model, inception_preprocess, train_c4, wrap
 
@@ -48,3 +50,88 @@ def test_wrap_and_saved_model_round_trip(c4_model, fashion_test, tmp_path):
         wrap(c4_model, num_classes=1001)(x)
     with pytest.raises(ValueError, match="SavedModel"):
         from_saved_model(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.slow
+def test_keras_applications_take_unit_images_and_give_logits():
+    """Each family's preprocessing, restated here from the Keras documentation, applied by the wrapper to
+    [0, 1] images: Inception / MobileNet scale to [-1, 1], ResNet50 ("caffe") is BGR minus the ImageNet means
+    on [0, 255], EfficientNet normalises inside the model (takes [0, 255]). Random weights (no download)."""
+    from conftest import photos
+
+    from smoothadv_tf.models import APPLICATIONS, keras_application
+
+    bgr_mean = np.array([103.939, 116.779, 123.68], np.float32)
+    restated = {
+        "InceptionV3": lambda x: 2.0 * x - 1.0,
+        "MobileNetV2": lambda x: 2.0 * x - 1.0,
+        "ResNet50": lambda x: x[..., ::-1] * 255.0 - bgr_mean,
+        "EfficientNetB0": lambda x: x * 255.0,
+    }
+    assert set(restated) == set(APPLICATIONS)
+    assert experiment.KERAS_APPLICATIONS == {name: side for name, (_, _, side) in APPLICATIONS.items()}
+    for name, preprocess in restated.items():
+        keras.utils.set_random_seed(0)
+        model = keras_application(name, weights=None)
+        side = APPLICATIONS[name][2]
+        x = photos(side, 1)
+        assert model.inner.input_shape == (None, side, side, 3)
+        logits = model(x).numpy()
+        assert logits.shape == (1, 1000) and np.isfinite(logits).all()
+        assert not np.allclose(np.exp(logits).sum(), 1.0, atol=1e-3)  # logits, not probabilities
+        np.testing.assert_allclose(logits, model.inner(preprocess(x)).numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="expected one of"):
+        keras_application("VGG16", weights=None)
+
+
+def _white_box(*args):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": root}
+    cmd = [sys.executable, os.path.join(root, "scripts", "white_box.py"), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_scripts_attack_saved_models_and_keras_applications(c4_model, fashion_test, tmp_path):
+    """--model=savedmodel:<dir> gives the same FGSM outcomes as the model it was exported from;
+    --model=keras:InceptionV3 on NIPS-17 maps slim's labels (1..1000) to Keras' (0..999), refuses label 0."""
+    import json
+
+    from conftest import photos
+    from PIL import Image
+
+    from smoothadv_tf.models import keras_application
+
+    export = tmp_path / "c4_export"
+    c4_model.export(str(export))
+    fgsm = ["--attacks=fgsm", "--attack_params=epsilon=0.1", "--num_images=20", "--batch_size=20"]
+    done = _white_box(f"--model=savedmodel:{export}", *fgsm, f"--output_dir={tmp_path}/out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out/white_box/fashion_mnist-savedmodel-c4_export/paper/summary.json").read_text())
+    direct = attacks.fgsm(c4_model, fashion_test.images[:20], fashion_test.labels[:20], epsilon=0.1)
+    assert summary["correct"] == direct.originally_correct.sum()
+    assert summary["attacks"]["fgsm"]["successes"] == direct.success.sum()
+
+    keras.utils.set_random_seed(0)
+    model = keras_application("InceptionV3", weights=None)
+    weights = tmp_path / "inception.weights.h5"
+    model.inner.save_weights(weights)
+    images = np.round(photos(299, 2) * 255) / 255
+    predicted = np.argmax(model(images).numpy(), -1)  # random weights: the model's own classes are the truth
+    data_dir = tmp_path / "nips17"
+    data_dir.mkdir()
+    for k, img in enumerate(images):
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(data_dir / f"im{k}.png")
+    (data_dir / "dev_dataset.csv").write_text(f"ImageId,TrueLabel\nim0,{predicted[0] + 1}\nim1,{predicted[1] + 1}\n")
+    args = ["--dataset=nips17", f"--data_dir={data_dir}", "--model=keras:InceptionV3", f"--checkpoint={weights}"]
+    done = _white_box(*args, *fgsm, f"--output_dir={tmp_path}/out")
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out/white_box/nips17-keras-InceptionV3/paper/summary.json").read_text())
+    assert summary["images"] == 2 and summary["correct"] == 2  # shifted by one, both would be wrong
+    (data_dir / "dev_dataset.csv").write_text(f"ImageId,TrueLabel\nim0,0\nim1,{predicted[1] + 1}\n")
+    done = _white_box(*args, *fgsm, f"--output_dir={tmp_path}/out2")
+    assert done.returncode == 2 and "label 0 (slim's background class)" in done.stderr, done.stderr[-3000:]
+    assert not (tmp_path / "out2").exists()

@@ -240,6 +240,9 @@ def test_claim_run_resumes_extends_and_refuses(tmp_path):
     from smoothadv_tf import experiment
 
     identity = {
+        "experiment": "white_box",
+        "dataset": "fashion_mnist",
+        "data": "0123",
         "model": "c4",
         "weights": "abc",
         "seed": 0,
@@ -256,6 +259,9 @@ def test_claim_run_resumes_extends_and_refuses(tmp_path):
     with pytest.raises(app.UsageError, match=r"pgd2 parameters \['step'\]"):
         experiment.claim_run(str(tmp_path), changed)
     assert json.loads((tmp_path / "run.json").read_text()) == recorded
+    (tmp_path / "run.json").write_text('{"model": "c4"}')  # from another version, or damaged
+    with pytest.raises(evaluation.RecordsError, match="not a run identity of this version"):
+        experiment.claim_run(str(tmp_path), identity)
 
 
 def test_run_identity_differences_name_what_changed():

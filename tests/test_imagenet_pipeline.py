@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# One xdist worker builds the session's tf_slim graphs (conftest) and runs every test that uses them.
+pytestmark = pytest.mark.xdist_group("slim")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

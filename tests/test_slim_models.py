@@ -8,6 +8,9 @@ import tensorflow as tf
 from smoothadv_tf.models import slim as slim_models
 from smoothadv_tf.models.slim import CheckpointError, load_slim_checkpoint
 
+# One xdist worker builds the session's tf_slim graphs (conftest) and runs every test that uses them.
+pytestmark = pytest.mark.xdist_group("slim")
+
 
 def _max_relative_error(ours, ref):
     return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))

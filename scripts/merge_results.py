@@ -6,6 +6,7 @@ python scripts/merge_results.py --results_dir=results/white_box/fashion_mnist-c4
 import glob
 import json
 import os
+import re
 
 from absl import app, flags
 
@@ -19,6 +20,13 @@ def main(_):
     paths = sorted(glob.glob(os.path.join(FLAGS.results_dir, "records-shard*.jsonl")))
     if not paths:
         raise app.UsageError(f"{FLAGS.results_dir}: no records-shard*.jsonl files")
+    shards = [re.fullmatch(r"records-shard(\d+)-of-(\d+)\.jsonl", os.path.basename(p)) for p in paths]
+    counts = {int(m.group(2)) for m in shards if m}
+    if None in shards or len(counts) != 1:
+        raise app.UsageError(f"{FLAGS.results_dir}: shard files of different --num_shards: {sorted(counts)}")
+    missing = sorted(set(range(counts.pop())) - {int(m.group(1)) for m in shards})
+    if missing:
+        raise app.UsageError(f"{FLAGS.results_dir}: shards {missing} have not run (no records file)")
     merged, seen, stores = [], set(), []
     target = os.path.join(FLAGS.results_dir, "records.jsonl")
     locks = [evaluation.writer_lock(target)]  # nobody appends to the file being replaced

@@ -45,12 +45,28 @@ def model_flag_problem(value: str) -> str | None:
     return f"unknown model source {kind!r}: expected keras:<Name> or savedmodel:<dir>"
 
 
+def _check_model_flag(value: str) -> bool:
+    problem = model_flag_problem(value)
+    if problem:
+        raise flags.ValidationError(problem)
+    return True
+
+
+def canonical_model(value: str) -> str:
+    """The --model value as recorded in the run identity (a SavedModel by its absolute path)."""
+    kind, sep, rest = value.partition(":")
+    return f"savedmodel:{os.path.abspath(rest)}" if kind == "savedmodel" and sep else value
+
+
 def model_tag(value: str) -> str:
-    """The --model value as a folder name: keras:ResNet50 -> keras-ResNet50, savedmodel:/a/b -> savedmodel-b."""
+    """The --model value as a folder name: keras:ResNet50 -> keras-ResNet50, savedmodel:/a/b -> savedmodel-b-<hash>."""
     kind, sep, rest = value.partition(":")
     if not sep:
         return value
-    return f"{kind}-{os.path.basename(os.path.normpath(rest)) if kind == 'savedmodel' else rest}"
+    if kind == "savedmodel":  # the folder name plus a hash of the absolute path: .../a/1 and .../b/1 differ
+        path = os.path.abspath(rest)
+        return f"savedmodel-{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    return f"{kind}-{rest}"
 
 
 def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num_images=1000) -> None:
@@ -63,7 +79,7 @@ def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num
         f"Name in {list(KERAS_APPLICATIONS)}; --checkpoint: its weights file, default the ImageNet weights); "
         "savedmodel:<dir> (a SavedModel taking [0, 1] images, as TF-Hub classifiers do)",
     )
-    flags.register_validator("model", lambda v: model_flag_problem(v) is None, "not a model (see --helpfull)")
+    flags.register_validator("model", _check_model_flag)
     flags.DEFINE_string("checkpoint", None, "checkpoint: .keras file for C4, slim .ckpt prefix for ImageNet models")
     flags.DEFINE_list("attacks", list(default_attacks), f"comma list from {list(presets.ATTACK_NAMES)}")
     flags.DEFINE_enum("preset", None, list(presets.PRESETS), "attack parameters (default: from the dataset)")
@@ -108,6 +124,12 @@ def validate_common_flags() -> None:
         )
     check_writable("--output_dir", FLAGS.output_dir)
     check_c4_file("--checkpoint", FLAGS.checkpoint, FLAGS.model)
+    kind, _, name = FLAGS.model.partition(":")
+    if kind == "keras" and FLAGS.dataset == "nips17" and KERAS_APPLICATIONS[name] != 299:
+        raise app.UsageError(
+            f"--dataset=nips17 holds 299x299 images and --model={FLAGS.model} takes "
+            f"{KERAS_APPLICATIONS[name]}x{KERAS_APPLICATIONS[name]}: use --dataset=folder (resized) or a 299 model"
+        )
     if FLAGS.model.startswith("keras:") and FLAGS.checkpoint and not os.path.isfile(FLAGS.checkpoint):
         raise app.UsageError(f"--checkpoint={FLAGS.checkpoint}: no such weights file for --model={FLAGS.model}")
 
@@ -123,8 +145,8 @@ SCHEDULER_INDEX = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")  # Slurm job a
 
 def shard_index_and_source() -> tuple[int, str]:
     """This process's shard and where it came from: --shard_index, else (with --num_shards > 1) the scheduler's
-    task index — Slurm's array task id counted from $SLURM_ARRAY_TASK_MIN, or Kubernetes' completion index —
-    else 0."""
+    task index — Slurm's array task id (the array must be 0..N-1: resubmitting `--array=5` then reruns shard 5),
+    or Kubernetes' completion index — else 0."""
     if FLAGS.shard_index is not None:
         return FLAGS.shard_index, "--shard_index"
     if FLAGS.num_shards > 1:
@@ -133,7 +155,7 @@ def shard_index_and_source() -> tuple[int, str]:
             if value is None:
                 continue
             try:
-                index = int(value) - (int(os.environ.get("SLURM_ARRAY_TASK_MIN", 0)) if name.startswith("SLURM") else 0)
+                index = int(value)
             except ValueError:
                 raise app.UsageError(f"${name}={value!r}: not an integer shard index") from None
             return index, f"${name}"
@@ -293,8 +315,9 @@ def load_c4(path: str, flag: str = "--checkpoint"):
 
 def fit_labels(model, dataset):
     """The dataset with labels in the model's class convention. NIPS-17 labels are slim's (1001 classes, 0 =
-    background); for a 1000-class model (keras.applications) they become 0..999. Any other mismatch between
-    the labels and the model's classes is a DataError, never a silent off-by-one."""
+    background); for a 1000-class model (keras.applications) they become 0..999. Labels of an image folder's
+    labels.csv are taken as the attacked model's own class indices, and labels outside the model's classes are
+    a DataError."""
     from smoothadv_tf import attacks as attacks_lib
     from smoothadv_tf.data import DataError, Dataset
 
@@ -361,7 +384,7 @@ def run_identity(experiment: str, dataset, model, *, single_run=False, defaults=
         "experiment": experiment,
         "dataset": FLAGS.dataset,
         "data": dataset_fingerprint(dataset),
-        "model": FLAGS.model,
+        "model": canonical_model(FLAGS.model),
         "weights": model_fingerprint(model),
         "seed": FLAGS.seed,
         "preset": preset,

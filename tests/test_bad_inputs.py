@@ -93,6 +93,22 @@ FLAG_CASES = [
         ["--dataset=folder", "--data_dir=OUT"],
         ["--model=c4 --dataset=folder: a C4 is trained here only on mnist / fashion_mnist"],
     ),
+    ("white_box.py", ["--model=keras:VGG16"], ["flag --model=keras:VGG16: keras:<Name> with Name in"]),
+    (
+        "white_box.py",
+        ["--model=savedmodel:/no/model"],
+        ["flag --model=savedmodel:/no/model: savedmodel:<dir>: '/no/model'"],
+    ),
+    (
+        "white_box.py",
+        ["--model=keras:MobileNetV2", "--checkpoint=/no/w.h5", "--dataset=folder", "--data_dir=OUT"],
+        ["--checkpoint=/no/w.h5: no such weights file for --model=keras:MobileNetV2"],
+    ),
+    (
+        "white_box.py",
+        ["--model=keras:ResNet50", "--dataset=nips17", "--data_dir=OUT"],
+        ["--dataset=nips17 holds 299x299 images and --model=keras:ResNet50 takes 224x224"],
+    ),
     ("adversarial_training.py", ["--model=c4"], ["--model=c4: this experiment attacks c4_adv or adv_inception_v3"]),
     ("adversarial_training.py", ["--c4_epochs=0"], ["flag --c4_epochs=0"]),
     ("transfer.py", ["--model=resnet_v2_50"], ["the transfer source is c4 or inception_v3"]),
@@ -289,6 +305,18 @@ def test_damaged_records_and_a_second_writer(tmp_path, c4_path):
     done = run_script("white_box.py", *common, "--num_images=30", f"--output_dir={out}")  # lock released: resumes
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(evaluation.read_records(str(records))) == 60
+
+
+def test_merge_refuses_missing_or_mixed_shards(tmp_path):
+    line = '{"image_id": "a", "attack": "clean", "target": null, "correct": true}\n'
+    (tmp_path / "records-shard0000-of-0003.jsonl").write_text(line)
+    (tmp_path / "records-shard0002-of-0003.jsonl").write_text(line.replace('"a"', '"c"'))
+    done = run_script("merge_results.py", f"--results_dir={tmp_path}")
+    assert_refused(done, "merge_results.py", "shards [1] have not run")
+    (tmp_path / "records-shard0001-of-0002.jsonl").write_text(line.replace('"a"', '"b"'))
+    done = run_script("merge_results.py", f"--results_dir={tmp_path}")
+    assert_refused(done, "merge_results.py", "shard files of different --num_shards: [2, 3]")
+    assert not (tmp_path / "records.jsonl").exists()
 
 
 def test_merge_refuses_a_shard_still_being_written(tmp_path):

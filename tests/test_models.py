@@ -110,7 +110,9 @@ def test_scripts_attack_saved_models_and_keras_applications(c4_model, fashion_te
     fgsm = ["--attacks=fgsm", "--attack_params=epsilon=0.1", "--num_images=20", "--batch_size=20"]
     done = _white_box(f"--model=savedmodel:{export}", *fgsm, f"--output_dir={tmp_path}/out")
     assert done.returncode == 0, done.stderr[-3000:]
-    summary = json.loads((tmp_path / "out/white_box/fashion_mnist-savedmodel-c4_export/paper/summary.json").read_text())
+    (folder,) = (tmp_path / "out/white_box").glob("fashion_mnist-savedmodel-c4_export-*")  # + hash of the path
+    assert json.loads((folder / "paper/run.json").read_text())["model"] == f"savedmodel:{export}"
+    summary = json.loads((folder / "paper/summary.json").read_text())
     direct = attacks.fgsm(c4_model, fashion_test.images[:20], fashion_test.labels[:20], epsilon=0.1)
     assert summary["correct"] == direct.originally_correct.sum()
     assert summary["attacks"]["fgsm"]["successes"] == direct.success.sum()

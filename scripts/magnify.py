@@ -67,24 +67,24 @@ def run_of(images_dir: str) -> tuple[dict, list[dict]]:
 def attack_runs_to_show(images_dir: str, image_id: str, records: list[dict]) -> list[tuple[str, str]]:
     """(folder, caption) per attack: the run the protocol kept for this image (its least-distortion success,
     from the run's records), else its last run, captioned with D and the outcome the records hold."""
-    from smoothadv_tf import presets as attacks_lib
+    from smoothadv_tf import evaluation, presets
 
     folders = sorted(
         os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(images_dir, "*", f"{image_id}.png"))
     )
+    kept = evaluation.best_records(records)  # the §5.1 rule: least-distortion success per image
     chosen = []
-    for attack in attacks_lib.ATTACK_NAMES:
+    for attack in presets.ATTACK_NAMES:
         runs = [f for f in folders if f == attack or f.startswith(attack + "-")]
         mine = [r for r in records if r["image_id"] == image_id and r["attack"] == attack and "success" in r]
         if not runs or not mine:
             continue
-        wins = [r for r in mine if r["success"]]
-        best = min(wins, key=lambda r: r["distortion"]) if wins else max(mine, key=lambda r: r["target"] or 0)
+        best = kept.get(attack, {}).get(image_id) or max(mine, key=lambda r: r["target"] or 0)
         name = attack if best["target"] is None else f"{attack}-{best['target']:g}"
         if name not in runs:
             raise app.UsageError(f"{images_dir}/{name}/{image_id}.png missing: the images and the records disagree")
         outcome = "success" if best["success"] else "failure"
-        chosen.append((name, f"{attacks_lib.DISPLAY_NAMES[attack]}\nD={best['distortion']:.2f}, {outcome}"))
+        chosen.append((name, f"{presets.DISPLAY_NAMES[attack]}\nD={best['distortion']:.2f}, {outcome}"))
     return chosen
 
 

@@ -306,6 +306,18 @@ def test_damaged_records_and_a_second_writer(tmp_path, c4_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(evaluation.read_records(str(records))) == 60
 
+    # examples.py illustrates the run only with the model it attacked
+    import keras
+
+    other = keras.models.load_model(c4_path)
+    other.set_weights([w * 1.01 for w in other.get_weights()])
+    other.save(tmp_path / "other.keras")
+    before = tree(out)
+    args = [a if not a.startswith("--checkpoint") else f"--checkpoint={tmp_path}/other.keras" for a in common]
+    done = run_script("examples.py", *args, f"--output_dir={out}")
+    assert_refused(done, "examples.py", "not the model the run in", "attacked (its weights differ)")
+    assert tree(out) == before
+
 
 def test_merge_refuses_missing_or_mixed_shards(tmp_path):
     line = '{"image_id": "a", "attack": "clean", "target": null, "correct": true}\n'

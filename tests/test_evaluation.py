@@ -339,3 +339,32 @@ def test_cluster_files_run_as_many_tasks_as_shards():
     assert "completionMode: Indexed" in job and f"--num_shards={completions}" in job
     merge = open(os.path.join(ROOT, "docs/cluster/merge-job.yaml")).read()
     assert "--results_dir=/work/results/white_box/nips17-inception_v3/paper" in merge
+
+
+def test_magnify_script_shows_the_runs_the_records_kept(tmp_path):
+    """scripts/magnify.py picks, per attack, the ε run the §5.1 rule kept for the image (least-distortion
+    success, else the largest ε), captions it with the recorded D and outcome, and refuses images and records
+    that disagree."""
+    import importlib.util
+
+    from absl import app
+
+    spec = importlib.util.spec_from_file_location("magnify_script", os.path.join(ROOT, "scripts", "magnify.py"))
+    magnify_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(magnify_script)
+    images = tmp_path / "images"
+    for folder in ("original", "fgsm-0.1", "fgsm-0.2", "fgsm-0.3", "carlini_wagner_l2", "pgd2-1"):
+        (images / folder).mkdir(parents=True)
+        (images / folder / "i0.png").write_bytes(b"")
+    records = [
+        rec("i0", "clean"),
+        rec("i0", "fgsm", False, 0.5, 0.1),
+        rec("i0", "fgsm", True, 1.5, 0.3),
+        rec("i0", "fgsm", True, 1.0, 0.2),
+        rec("i0", "carlini_wagner_l2", False, 0.25),
+    ]
+    shown = magnify_script.attack_runs_to_show(str(images), "i0", records)
+    assert shown == [("fgsm-0.2", "FGSM\nD=1.00, success"), ("carlini_wagner_l2", "C&W\nD=0.25, failure")]
+    (images / "fgsm-0.2" / "i0.png").unlink()
+    with pytest.raises(app.UsageError, match="fgsm-0.2/i0.png missing"):
+        magnify_script.attack_runs_to_show(str(images), "i0", records)

@@ -71,7 +71,8 @@ def main(_):
         params = experiment.recorded_params(out_dir, attack, target)
         k = index[image_id]
         x, y = dataset.images[k : k + 1], dataset.labels[k : k + 1]
-        result = attacks_lib.run_attack(attack, model, x, y, **params)
+        with experiment.device_scope():
+            result = attacks_lib.run_attack(attack, model, x, y, **params)
         r = result.adversarial[0] - x[0]
         lo, hi = r.min(axis=(0, 1)), r.max(axis=(0, 1))
         scaled = (r - lo) / np.where(hi > lo, hi - lo, 1.0)

@@ -59,9 +59,10 @@ def main(_):
         out = {"attack": attack, "sweep": sweep, "value": value, "best_iterate": rule}
         start = time.perf_counter()
         for lo in range(0, len(x), FLAGS.batch_size):
-            r = attacks_lib.run_attack(
-                attack, model, x[lo : lo + FLAGS.batch_size], y[lo : lo + FLAGS.batch_size], **params
-            )
+            with experiment.device_scope():
+                r = attacks_lib.run_attack(
+                    attack, model, x[lo : lo + FLAGS.batch_size], y[lo : lo + FLAGS.batch_size], **params
+                )
             out.setdefault("success", []).extend(r.success.tolist())
             out.setdefault("distortion", []).extend(r.distortion.tolist())
         s, d = np.array(out.pop("success")), np.array(out.pop("distortion"))

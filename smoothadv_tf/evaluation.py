@@ -367,6 +367,7 @@ def run_experiment(
     overrides: dict | None = None,
     protocol: str = presets.DEFAULT_PROTOCOL,
     run_id: str | None = None,
+    strategy=None,
 ) -> None:
     """Attack `model` on dataset[indices] under `protocol` and append per-image records to `store`.
 
@@ -374,7 +375,46 @@ def run_experiment(
     §5.4); by default they are judged on `model` itself ("self"). Images with label -1 take the model's
     own prediction as their label. Every record carries the protocol and `run_id` (see
     :func:`smoothadv_tf.experiment.run_identity`), so records of different runs can always be told apart.
+    With a ``tf.distribute`` `strategy` (build the models in its scope), every attack batch is split across
+    its replicas; the records are the same as on one device.
     """
+    import contextlib
+
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        _run_experiment(
+            model,
+            dataset,
+            attack_names,
+            preset,
+            store,
+            indices,
+            batch_size,
+            single_run,
+            evaluate_on,
+            save_images_dir,
+            progress,
+            overrides,
+            protocol,
+            run_id,
+        )
+
+
+def _run_experiment(
+    model,
+    dataset,
+    attack_names,
+    preset,
+    store,
+    indices,
+    batch_size,
+    single_run,
+    evaluate_on,
+    save_images_dir,
+    progress,
+    overrides,
+    protocol,
+    run_id,
+) -> None:
     from tqdm import tqdm
 
     from smoothadv_tf import attacks as attacks_lib  # TensorFlow: imported when attacks run, not to read records

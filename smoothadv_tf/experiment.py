@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from smoothadv_tf import data as data_lib
-from smoothadv_tf import evaluation, presets
+from smoothadv_tf import devices, evaluation, presets
 from smoothadv_tf.cli import check_writable, run_script  # noqa: F401 - run_script: the scripts' entry point
 
 FLAGS = flags.FLAGS
@@ -50,6 +50,42 @@ def _check_model_flag(value: str) -> bool:
     if problem:
         raise flags.ValidationError(problem)
     return True
+
+
+def _check_devices_flag(value: list[str]) -> bool:
+    try:
+        devices.parse_devices(value)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
+
+
+_STRATEGY: dict = {}
+
+
+def strategy():
+    """The tf.distribute strategy of --devices (built once): None — TensorFlow's default placement — when the
+    flag is not given and there is at most one device, else a Mirrored (several) or OneDevice strategy."""
+    if "strategy" not in _STRATEGY:
+        names = devices.parse_devices(FLAGS.devices) if "devices" in FLAGS else []
+        try:
+            found = devices.configure(names)
+        except ValueError as e:
+            raise app.UsageError(f"--devices={','.join(FLAGS.devices)}: {e}") from None
+        if not names and len(found) == 1:
+            _STRATEGY["strategy"] = None
+        else:
+            _STRATEGY["strategy"] = devices.strategy_for(found)
+            logging.info("attacks run on %s (%s)", ", ".join(found), type(_STRATEGY["strategy"]).__name__)
+    return _STRATEGY["strategy"]
+
+
+def device_scope():
+    """The scope in which models are built so that their weights live on (are mirrored over) --devices."""
+    import contextlib
+
+    chosen = strategy()
+    return chosen.scope() if chosen is not None else contextlib.nullcontext()
 
 
 def canonical_model(value: str) -> str:
@@ -103,6 +139,14 @@ def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num
     )
     flags.DEFINE_integer("seed", 0, "random seed (C4 training)", lower_bound=0)
     flags.DEFINE_integer("c4_epochs", 6, "training epochs of a C4 trained here (part of its cache name)", lower_bound=1)
+    flags.DEFINE_list(
+        "devices",
+        [],
+        "devices that run the attacks, e.g. GPU:0,GPU:1 (default: every visible GPU, else the CPU); several "
+        "devices split each batch with tf.distribute.MirroredStrategy. CPU:0,CPU:1 splits the CPU into logical "
+        "devices (to try the multi-device path without GPUs)",
+    )
+    flags.register_validator("devices", _check_devices_flag)
     flags.DEFINE_list(
         "attack_params",
         [],
@@ -233,19 +277,31 @@ def c4_epochs() -> int:
 def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int = 0, flag: str = "--checkpoint"):
     """A model with the [0,1] -> logits contract. A C4 without --checkpoint is trained once per (dataset,
     mode, seed, epochs) and cached under models/; a given checkpoint must exist and hold finite weights."""
-    if name in ("c4", "c4_adv"):
+    chosen = strategy()  # first: a --devices that does not exist here is refused before any training
+    if name in ("c4", "c4_adv") and checkpoint is None:
         from smoothadv_tf.models import load_or_train_c4
 
-        if checkpoint is not None:
-            return load_c4(checkpoint, flag)
-        return load_or_train_c4(
-            c4_cache_path(name, dataset, seed, c4_epochs()),
+        path = c4_cache_path(name, dataset, seed, c4_epochs())
+        # Trained (if not cached) outside any strategy, so the C4 does not depend on --devices; then loaded
+        # into the devices' scope when there is one.
+        model = load_or_train_c4(
+            path,
             dataset,
             FLAGS.data_dir if dataset == "mnist" else None,
             adversarial_training=name == "c4_adv",
             seed=seed,
             epochs=c4_epochs(),
         )
+        if chosen is None:
+            return model
+        checkpoint, flag = path, "the cached C4"
+    with device_scope():
+        return _load_model(name, checkpoint, flag)
+
+
+def _load_model(name: str, checkpoint: str | None, flag: str):
+    if name in ("c4", "c4_adv"):
+        return load_c4(checkpoint, flag)
     kind, _, rest = name.partition(":")
     if kind in ("keras", "savedmodel"):
         return load_foreign_model(kind, rest, checkpoint, flag)
@@ -534,6 +590,7 @@ def run(
             overrides={**(defaults or {}), **attack_overrides()},
             protocol=FLAGS.protocol,
             run_id=rid,
+            strategy=strategy(),
         )
     if FLAGS.num_shards > 1:
         print(f"shard {shard_index()}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")

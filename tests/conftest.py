@@ -139,3 +139,19 @@ def slim_resnet_v2_50(tmp_path_factory):
     sets = [photos(299, 2), photos(224, 2)]
     logits, paths = slim_reference("resnet_v2_50", sets, str(tmp_path_factory.mktemp("slim") / "resnet"), seed=1)
     return sets, logits, paths["V2"]
+
+
+def save_without_signatures(model, input_shape, path: str) -> None:
+    """A SavedModel as TF-Hub's TF2 models are: a restored object to call, no signature."""
+    import tensorflow as tf
+
+    class Module(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
+        def __call__(self, images):
+            return self.model(images)
+
+    tf.saved_model.save(Module(), path, signatures={})  # {}: no serving_default traced from __call__

@@ -5,10 +5,12 @@ import os
 import keras
 import numpy as np
 import pytest
+from conftest import save_without_signatures
 
 from smoothadv_tf import attacks, experiment
 from smoothadv_tf.data import load_fashion_mnist
 from smoothadv_tf.models import c4, from_saved_model, inception_preprocess, train_c4, wrap
+from smoothadv_tf.models.wrap import saved_model_endpoints
 
 
 def test_c4_structure():
@@ -38,11 +40,16 @@ def test_wrap_and_saved_model_round_trip(c4_model, fashion_test, tmp_path):
     inner = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Lambda(lambda t: (t + 1.0) / 2.0), c4_model])
     wrapped = wrap(inner, preprocess=inception_preprocess, num_classes=10)
     np.testing.assert_allclose(wrapped(x).numpy(), c4_model(x).numpy(), atol=1e-5)
-    # export one of our models as a SavedModel, load it back through TFSMLayer
-    export_dir = str(tmp_path / "saved")
-    c4_model.export(export_dir)
-    loaded = from_saved_model(export_dir, num_classes=10)
-    np.testing.assert_allclose(loaded(x).numpy(), c4_model(x).numpy(), atol=1e-5)
+    # export one of our models as a SavedModel with signatures (keras' export: serving_default and serve) and
+    # as TF-Hub's TF2 SavedModels are, without any (the object's __call__ only); load each back every way
+    with_signatures, without = str(tmp_path / "signatures"), str(tmp_path / "no_signatures")
+    c4_model.export(with_signatures, verbose=False)
+    save_without_signatures(c4_model, (28, 28, 1), without)
+    assert saved_model_endpoints(without) == ([], ["__call__"])
+    for path, endpoint in [(with_signatures, None), (with_signatures, "serve"), (without, None), (without, "__call__")]:
+        loaded = from_saved_model(path, num_classes=10, endpoint=endpoint)
+        np.testing.assert_array_equal(loaded(x).numpy(), c4_model(x).numpy())
+        assert weight_values(loaded) == weight_values(c4_model)  # tracked: the run identity hashes them
     # and attacks run on it like on any model
     r = attacks.pgd2(loaded, x, fashion_test.labels[:8])
     assert r.success[r.originally_correct].mean() > 0.8
@@ -50,6 +57,13 @@ def test_wrap_and_saved_model_round_trip(c4_model, fashion_test, tmp_path):
         wrap(c4_model, num_classes=1001)(x)
     with pytest.raises(ValueError, match="SavedModel"):
         from_saved_model(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match=r"no endpoint 'serving_default'; signatures \[\], functions \['__call__'\]"):
+        from_saved_model(without, endpoint="serving_default")
+
+
+def weight_values(model) -> list[bytes]:
+    """The model's weight values, in a canonical order."""
+    return sorted(np.asarray(w).tobytes() for w in model.weights)
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ checkpoints tf_slim's Saver writes in both V1 and V2 formats with every variable
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import save_without_signatures
 
+from smoothadv_tf.models import from_saved_model
 from smoothadv_tf.models import slim as slim_models
 from smoothadv_tf.models.slim import CheckpointError, load_slim_checkpoint
 
@@ -25,6 +27,24 @@ def test_inception_v3_matches_slim(slim_inception_v3, version):
     assert ours.shape == (2, 1001)
     assert _max_relative_error(ours, ref) <= 1e-4, _max_relative_error(ours, ref)
     assert np.std(ref) > 1e-3  # the randomised network is not degenerate
+
+
+@pytest.mark.slow
+def test_inception_v3_as_a_saved_model_gives_slim_logits(slim_inception_v3, tmp_path):
+    """Our slim InceptionV3 exported both ways a SavedModel comes (with signatures, and as TF-Hub's TF2
+    models: a callable object without any), loaded back by from_saved_model: the logits of the source model,
+    which are tf_slim's own."""
+    images, ref, paths = slim_inception_v3
+    source = slim_models.inception_v3(paths["V2"])
+    expected = source(images).numpy()
+    with_signatures, without = str(tmp_path / "signatures"), str(tmp_path / "no_signatures")
+    source.export(with_signatures, input_signature=[tf.TensorSpec([None, 299, 299, 3], tf.float32)], verbose=False)
+    save_without_signatures(source, (299, 299, 3), without)
+    for path in (with_signatures, without):
+        loaded = from_saved_model(path, num_classes=1001)
+        got = loaded(images).numpy()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        assert _max_relative_error(got, ref) <= 1e-4
 
 
 @pytest.mark.slow

@@ -61,13 +61,50 @@ def from_saved_model(
     path: str,
     preprocess: Callable | None = None,
     num_classes: int | None = None,
-    endpoint: str = "serving_default",
+    endpoint: str | None = None,
     output_key: str | None = None,
 ) -> WrappedModel:
-    """Load a local SavedModel directory (e.g. a TF-Hub download) through keras.layers.TFSMLayer and wrap it."""
+    """Load a local SavedModel directory (e.g. a TF-Hub download) through keras.layers.TFSMLayer and wrap it.
+
+    `endpoint` None takes the ``serving_default`` signature when the SavedModel has one, else the restored
+    object itself — its traced ``__call__``, which is all TF-Hub's TF2 SavedModels and a
+    ``tf.saved_model.save(module)`` without signatures offer. A name takes that signature or that restored
+    function (``serve`` is what ``keras.Model.export`` writes). ValueError names what the SavedModel offers."""
     import os
 
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: not a SavedModel directory")
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ValueError(f"{path}: not a SavedModel directory (no saved_model.pb)")
+    signatures, functions = saved_model_endpoints(path)
+    if endpoint is None:
+        if "serving_default" in signatures:
+            endpoint = "serving_default"
+        elif "__call__" in functions:
+            endpoint = "__call__"
+        else:
+            raise ValueError(
+                f"{path}: no serving_default signature and the saved object is not callable; pass endpoint= one of "
+                f"the signatures {signatures} or functions {functions}"
+            )
+    elif endpoint not in signatures and endpoint not in functions:
+        raise ValueError(f"{path}: no endpoint {endpoint!r}; signatures {signatures}, functions {functions}")
     layer = keras.layers.TFSMLayer(path, call_endpoint=endpoint)
     return wrap(layer, preprocess, num_classes, output_key)
+
+
+def saved_model_endpoints(path: str) -> tuple[list[str], list[str]]:
+    """(signature names, names of the saved object's restored functions) of a SavedModel, read from its
+    saved_model.pb without loading it."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(f"{path}/saved_model.pb", "rb") as f:
+        proto.ParseFromString(f.read())
+    graph = proto.meta_graphs[0]
+    nodes = graph.object_graph_def.nodes
+    functions = [
+        child.local_name
+        for child in nodes[0].children
+        if nodes[child.node_id].WhichOneof("kind") in ("function", "bare_concrete_function")
+    ]
+    signatures = [name for name in graph.signature_def if name != "__saved_model_init_op"]  # TF's own, not a model
+    return sorted(signatures), sorted(functions)

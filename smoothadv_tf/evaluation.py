@@ -5,7 +5,10 @@
   P(D) = |{x in X_suc : D(x) <= D}| / N (eq. 21).
 - Distortion-targeting attacks (FGSM, I-FGSM, PGD₂, sPGD₂) run once per target ε; an image succeeds if any run
   succeeds, with D the minimum over successful runs. Optimality attacks (C&W, sC&W) run once.
-- Success and D are measured on the 8-bit-quantised adversarial image (see attacks).
+- Success and D are measured on the 8-bit-quantised adversarial image (see attacks); so are the
+  perceptibility fields of each attack record: smoothness (smoothing.smoothness), ssim and psnr
+  (perceptibility; psnr null = +inf, the image is the original). The summary reports their means over the
+  same least-distortion successful records as D̄ (:data:`PERCEPTIBILITY`).
 
 Per-image records are JSON lines appended and fsynced after each batch, so a killed run loses at most the
 batch in flight and a rerun skips what is recorded; the records file is locked against a second writer and
@@ -238,14 +241,31 @@ def per_image_outcomes(records: Sequence[dict], evaluated_on: str = "self") -> d
     }
 
 
+# Perceptibility fields of attack records, summarised over the successes as D̄ is: mean_<field> and n_<field>.
+PERCEPTIBILITY = ("ssim", "psnr", "smoothness")
+
+
+def _mean_over_present(best: Sequence[dict], field: str) -> tuple[float, int]:
+    """Mean of `field` over the records carrying it, and their number. Records written before the field
+    existed lack it: they are left out, never taken as 0 (NaN when none has it). A null psnr is +inf."""
+    values = [np.inf if r[field] is None else r[field] for r in best if field in r]
+    return (float(np.mean(values)) if values else float("nan")), len(values)
+
+
 def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
-    """Accuracy N/N' and, per attack, P_suc and conditional mean distortion D̄ (eq. 20)."""
+    """Accuracy N/N' and, per attack, P_suc and conditional mean distortion D̄ (eq. 20), and the mean SSIM,
+    PSNR (dB, the mean of per-image PSNRs) and smoothness over the same successful records:
+    mean_ssim / mean_psnr / mean_smoothness, each with n_ssim / n_psnr / n_smoothness, the number of those
+    records that carry the field (fewer than `successes` when some were recorded by an older version; then
+    the mean is over those only, and NaN when none carries it)."""
     clean = [r for r in records if r["attack"] == "clean" and r.get("evaluated_on", "self") == evaluated_on]
     n_total, n_correct = len(clean), sum(bool(r["correct"]) for r in clean)
     rows = {}
-    for attack, per_image in per_image_outcomes(records, evaluated_on).items():
-        d = np.array([v for v in per_image.values() if v is not None], np.float64)
+    for attack, per_image in best_records(records, evaluated_on).items():
+        best = [r for r in per_image.values() if r is not None]
+        d = np.array([r["distortion"] for r in best], np.float64)
         n = len(per_image)
+        means = {field: _mean_over_present(best, field) for field in PERCEPTIBILITY}
         rows[attack] = {
             "attack": attack,
             "name": presets.DISPLAY_NAMES.get(attack, attack),
@@ -253,6 +273,8 @@ def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
             "successes": int(len(d)),
             "p_suc": len(d) / n if n else float("nan"),
             "mean_distortion": float(d.mean()) if len(d) else float("nan"),
+            **{f"mean_{field}": mean for field, (mean, _) in means.items()},
+            **{f"n_{field}": count for field, (_, count) in means.items()},
         }
     ordered = {a: rows[a] for a in presets.ATTACK_NAMES if a in rows}
     return {
@@ -272,8 +294,19 @@ def operating_characteristic(distortions: Sequence[float | None], grid: np.ndarr
 
 
 # ------------------------------------------------------------------------------------------------- outputs
+def _perceptibility_cell(row: dict, field: str, fmt: str) -> str:
+    """A table cell: the mean; "n/a" when no success carries the field (records of an older version, or no
+    successes); "mean (k/n)" when only k of the n successes carry it."""
+    count = row.get(f"n_{field}", 0)
+    if not count:
+        return "n/a"
+    cell = format(row[f"mean_{field}"], fmt)
+    return cell if count == row["successes"] else f"{cell} ({count}/{row['successes']})"
+
+
 def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
-    """summary.json, table.md and table.csv; returns the markdown table."""
+    """summary.json, table.md and table.csv; returns the markdown table. The perceptibility columns (SSIM,
+    PSNR, smoothness: means over the successes, as D̄) come after the older ones, which keep their order."""
     os.makedirs(out_dir, exist_ok=True)
     atomic_write(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2))
     lines = [
@@ -281,17 +314,28 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
         "",
         f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['images']} images)",
         "",
-        "| attack | P_suc | D̄ | successes / N |",
-        "|---|---|---|---|",
+        "| attack | P_suc | D̄ | successes / N | SSIM | PSNR (dB) | smoothness |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in summary["attacks"].values():
         lines.append(
             f"| {row['name']} | {row['p_suc']:.3f} | {row['mean_distortion']:.3f} | "
-            f"{row['successes']}/{row['images']} |"
+            f"{row['successes']}/{row['images']} | {_perceptibility_cell(row, 'ssim', '.3f')} | "
+            f"{_perceptibility_cell(row, 'psnr', '.2f')} | {_perceptibility_cell(row, 'smoothness', '.3f')} |"
         )
+    if any(row.get(f"n_{f}", 0) < row["successes"] for row in summary["attacks"].values() for f in PERCEPTIBILITY):
+        lines += [
+            "",
+            "SSIM, PSNR, smoothness: n/a = no successful record carries the field (records of an older "
+            "version); (k/n) = only k of the n successes carry it, and the mean is over those k.",
+        ]
     table = "\n".join(lines).strip() + "\n"
     atomic_write(os.path.join(out_dir, "table.md"), table)
-    rows = [["attack", "p_suc", "mean_distortion", "successes", "images", "accuracy"]]
+    rows = [
+        ["attack", "p_suc", "mean_distortion", "successes", "images", "accuracy"]
+        + [f"mean_{f}" for f in PERCEPTIBILITY]
+        + [f"n_{f}" for f in PERCEPTIBILITY]
+    ]
     rows += [
         [
             r["name"],
@@ -301,6 +345,8 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
             r["images"],
             f"{summary['accuracy']:.4f}",
         ]
+        + [f"{r.get(f'mean_{f}', float('nan')):.4f}" for f in PERCEPTIBILITY]
+        + [r.get(f"n_{f}", 0) for f in PERCEPTIBILITY]
         for r in summary["attacks"].values()
     ]
     tmp = os.path.join(out_dir, "table.csv.tmp")
@@ -418,6 +464,7 @@ def _run_experiment(
     from tqdm import tqdm
 
     from smoothadv_tf import attacks as attacks_lib  # TensorFlow: imported when attacks run, not to read records
+    from smoothadv_tf import perceptibility
     from smoothadv_tf.smoothing import smoothness
 
     judges = evaluate_on or {"self": model}
@@ -459,7 +506,10 @@ def _run_experiment(
             if not todo:
                 continue
             result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)
+            # perceptibility of the judged (quantised) image, as D
             smooth = smoothness(result.adversarial - x[todo], x[todo]).numpy()
+            ssim = perceptibility.ssim(x[todo], result.adversarial)
+            psnr = perceptibility.psnr(x[todo], result.adversarial)
             new = []
             for judge_name, judge in judges.items():
                 if judge is model:
@@ -479,6 +529,8 @@ def _run_experiment(
                             "label": int(y[k]),
                             "prediction": int(pred[j]),
                             "smoothness": float(smooth[j]),
+                            "ssim": float(ssim[j]),
+                            "psnr": perceptibility.psnr_for_json(psnr[j]),
                             "iterations": int(result.iterations[j]),
                             **tags,
                         }

@@ -49,6 +49,117 @@ def test_protocol_statistics():
     np.testing.assert_allclose(p, [0, 1 / 3, 1 / 3, 2 / 3, 2 / 3])  # eq. (21): up to P_suc
 
 
+def test_summary_perceptibility_is_over_the_d_bar_records_and_tolerates_old_records(tmp_path):
+    """mean SSIM / PSNR / smoothness are over the same least-distortion successes as D̄; records of an older
+    version (without the fields) are left out and counted, all-old gives NaN and n/a, never a crash."""
+    import csv
+
+    def attack(image_id, name, success, d, target, ssim, psnr, smooth):
+        return {**rec(image_id, name, success, d, target), "ssim": ssim, "psnr": psnr, "smoothness": smooth}
+
+    records = [rec(i, "clean") for i in "abc"]
+    records += [
+        attack("a", "pgd2", True, 3.0, 3.0, 0.5, 20.0, 0.4),
+        attack("a", "pgd2", True, 2.0, 2.0, 0.7, 30.0, 0.2),  # the one D̄ takes for a
+        attack("b", "pgd2", False, 1.0, 1.0, 0.99, None, 0.0),  # failed (and identical: psnr null): not counted
+        attack("b", "pgd2", True, 4.0, 4.0, 0.3, 10.0, 0.6),
+        attack("c", "pgd2", False, 5.0, 5.0, 0.1, 5.0, 0.9),
+        # FGSM: b's success comes from an older version (no ssim / psnr, but smoothness)
+        attack("a", "fgsm", True, 1.0, 0.1, 0.8, 40.0, 0.5),
+        {k: v for k, v in attack("b", "fgsm", True, 3.0, 0.1, 0, 0, 0.7).items() if k not in ("ssim", "psnr")},
+        # C&W: all records from an older version
+        rec("a", "carlini_wagner_l2", True, 1.5),
+        rec("b", "carlini_wagner_l2", False, 0.0),
+        # I-FGSM: no success at all
+        attack("a", "ifgsm", False, 1.0, 0.1, 0.9, 35.0, 0.1),
+    ]
+    rows = evaluation.summarize(records)["attacks"]
+    pgd2 = rows["pgd2"]
+    assert pgd2["mean_distortion"] == pytest.approx(3.0)  # (2 + 4) / 2
+    assert (pgd2["mean_ssim"], pgd2["mean_psnr"], pgd2["mean_smoothness"]) == pytest.approx((0.5, 20.0, 0.4))
+    assert (pgd2["n_ssim"], pgd2["n_psnr"], pgd2["n_smoothness"]) == (2, 2, 2) == (pgd2["successes"],) * 3
+    fgsm = rows["fgsm"]
+    assert (fgsm["successes"], fgsm["n_ssim"], fgsm["n_psnr"], fgsm["n_smoothness"]) == (2, 1, 1, 2)
+    assert (fgsm["mean_ssim"], fgsm["mean_psnr"], fgsm["mean_smoothness"]) == pytest.approx((0.8, 40.0, 0.6))
+    cw = rows["carlini_wagner_l2"]
+    assert cw["successes"] == 1 and cw["mean_distortion"] == 1.5
+    assert all(np.isnan(cw[f"mean_{f}"]) and cw[f"n_{f}"] == 0 for f in ("ssim", "psnr", "smoothness"))
+    assert rows["ifgsm"]["successes"] == 0 and np.isnan(rows["ifgsm"]["mean_ssim"])
+
+    table = evaluation.write_summary(evaluation.summarize(records), str(tmp_path), "test")
+    lines = table.splitlines()
+    assert "| attack | P_suc | D̄ | successes / N | SSIM | PSNR (dB) | smoothness |" in lines
+    assert "| FGSM | 1.000 | 2.000 | 2/2 | 0.800 (1/2) | 40.00 (1/2) | 0.600 |" in lines
+    assert "| PGD2 | 0.667 | 3.000 | 2/3 | 0.500 | 20.00 | 0.400 |" in lines
+    assert "| C&W | 0.500 | 1.500 | 1/2 | n/a | n/a | n/a |" in lines
+    assert any("older version" in line for line in lines)
+    with open(tmp_path / "table.csv") as f:
+        table_csv = list(csv.DictReader(f))
+    header = list(table_csv[0])
+    assert header[:6] == ["attack", "p_suc", "mean_distortion", "successes", "images", "accuracy"]  # as before
+    by_name = {r["attack"]: r for r in table_csv}
+    assert by_name["FGSM"]["mean_ssim"] == "0.8000" and by_name["FGSM"]["n_ssim"] == "1"
+    assert by_name["C&W"]["mean_psnr"] == "nan" and by_name["C&W"]["n_psnr"] == "0"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["attacks"]["pgd2"]["mean_psnr"] == 20.0 and np.isnan(
+        summary["attacks"]["carlini_wagner_l2"]["mean_ssim"]
+    )
+
+    # records of an older version only: the table as before, with n/a
+    old = [{k: v for k, v in r.items() if k not in ("ssim", "psnr", "smoothness")} for r in records]
+    table = evaluation.write_summary(evaluation.summarize(old), str(tmp_path), "old")
+    assert "| PGD2 | 0.667 | 3.000 | 2/3 | n/a | n/a | n/a |" in table.splitlines()
+
+
+def test_run_experiment_records_perceptibility_of_the_judged_images(tmp_path, fashion_test, c4_model):
+    """In process, FGSM on 20 real Fashion-MNIST images: each record's ssim / psnr are those of the saved 8-bit
+    image (what was judged) against the original, recomputed with scikit-image; the summary means are over the
+    records D̄ uses."""
+    from PIL import Image
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from smoothadv_tf import perceptibility
+
+    # the first 19 images and one the model misclassifies (not attacked: the judged image is the original)
+    predicted = np.argmax(c4_model(fashion_test.images[:200]).numpy(), -1)
+    wrong = int(np.flatnonzero(predicted != fashion_test.labels[:200])[0])
+    indices = np.array(sorted(set(range(19)) | {wrong}))
+    path = str(tmp_path / "records.jsonl")
+    with evaluation.RecordStore(path) as store:
+        evaluation.run_experiment(
+            c4_model, fashion_test, ["fgsm"], "mnist", store, indices, batch_size=20,
+            save_images_dir=str(tmp_path / "images"), progress=False,
+        )  # fmt: skip
+    records = evaluation.read_records(path)
+    attacked = [r for r in records if r["attack"] == "fgsm"]
+    assert len(attacked) == len(indices) * 6  # six ε runs
+    size, sigma = perceptibility.ssim_window(28, 28)
+    identical = 0
+    for r in attacked:
+        original, judged = (
+            np.asarray(Image.open(tmp_path / "images" / folder / f"{r['image_id']}.png"), np.float64) / 255
+            for folder in ("original", f"fgsm-{r['target']:g}")
+        )
+        expected = structural_similarity(
+            original, judged, win_size=size, gaussian_weights=True, sigma=sigma, use_sample_covariance=False,
+            data_range=1.0,
+        )  # fmt: skip
+        assert abs(r["ssim"] - expected) < 1e-4, r
+        if np.array_equal(judged, original):  # not attacked (misclassified): the original itself
+            identical += 1
+            assert r["psnr"] is None and not r["success"], r
+        else:
+            assert r["psnr"] == pytest.approx(peak_signal_noise_ratio(original, judged, data_range=1.0), abs=1e-4)
+    misclassified = sum(not r["correct"] for r in records if r["attack"] == "clean")
+    assert identical == 6 * misclassified > 0 and any(r["success"] for r in attacked)
+    row = evaluation.summarize(records)["attacks"]["fgsm"]
+    best = [r for r in evaluation.best_records(records)["fgsm"].values() if r is not None]
+    assert row["successes"] == row["n_ssim"] == row["n_psnr"] == row["n_smoothness"] == len(best) > 0
+    for field in ("ssim", "psnr", "smoothness"):
+        assert row[f"mean_{field}"] == pytest.approx(np.mean([r[field] for r in best]), rel=1e-12)
+    assert 0 < row["mean_ssim"] < 1 and np.isfinite(row["mean_psnr"])
+
+
 def test_shards_partition_the_images():
     parts = [evaluation.shard_indices(103, 4, k) for k in range(4)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(103))

@@ -46,6 +46,7 @@ def main(_):
     dataset = experiment.load_data(FLAGS.dataset)
     model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
     dataset = experiment.fit_labels(model, dataset)
+    batch = experiment.batch_size(model, dataset)
     x, y = dataset.images[: FLAGS.num_images], dataset.labels[: FLAGS.num_images]
     keep = np.argmax(attacks_lib.logits_of(model, x).numpy(), -1) == y
     x, y = x[keep], y[keep]
@@ -58,11 +59,9 @@ def main(_):
         params = {**base, **overrides, **params, "best_iterate": rule}
         out = {"attack": attack, "sweep": sweep, "value": value, "best_iterate": rule}
         start = time.perf_counter()
-        for lo in range(0, len(x), FLAGS.batch_size):
+        for lo in range(0, len(x), batch):
             with experiment.device_scope():
-                r = attacks_lib.run_attack(
-                    attack, model, x[lo : lo + FLAGS.batch_size], y[lo : lo + FLAGS.batch_size], **params
-                )
+                r = attacks_lib.run_attack(attack, model, x[lo : lo + batch], y[lo : lo + batch], **params)
             out.setdefault("success", []).extend(r.success.tolist())
             out.setdefault("distortion", []).extend(r.distortion.tolist())
         s, d = np.array(out.pop("success")), np.array(out.pop("distortion"))

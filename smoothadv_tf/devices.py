@@ -66,3 +66,126 @@ def strategy_for(names: list[str]):
     if len(names) == 1:
         return tf.distribute.OneDeviceStrategy(f"/{names[0].lower()}")
     return tf.distribute.MirroredStrategy([f"/{n.lower()}" for n in names])
+
+
+# ---------------------------------------------------------------------------------------- memory per image
+# Calibrated with scripts/bench_memory.py on slim InceptionV3, 299x299, CPU (docs/results.md, "Memory"): bytes
+# one attacked image adds to the peak of an Adam step, as multiples of (a) the floats of every tensor of the
+# model's forward pass (activation_floats: C&W measured 0.164 GiB per image against 0.246 GiB of forward
+# tensors, so 0.67, rounded up) and (b) one image: the autodiff CG trajectory holds one search direction per
+# iteration and image (sC&W measured +0.054 GiB per image over C&W at 50 iterations = 50 x 1.07 MB); the
+# implicit gradient's adjoint solve needs a few image-sized vectors (measured: no growth above C&W's).
+ACTIVATION_FACTOR = 0.7
+CG_AUTODIFF_IMAGES_PER_ITERATION = 1.0
+CG_IMPLICIT_IMAGES = 4.0
+
+
+def activation_floats(model, image_shape) -> int | None:
+    """Floats of every intermediate tensor of one forward pass on one image (the model traced once into a
+    graph, all float outputs summed); None when the model hides its computation in a nested function call (a
+    SavedModel) so that the graph does not show it."""
+    import numpy as np
+    import tensorflow as tf
+
+    graph = tf.function(lambda x: model(x)).get_concrete_function(tf.TensorSpec([1, *image_shape], tf.float32)).graph
+    total = 0
+    for op in graph.get_operations():
+        if op.type in ("StatefulPartitionedCall", "PartitionedCall"):
+            return None
+        for t in op.outputs:
+            if t.dtype == tf.float32 and t.shape.is_fully_defined():
+                total += int(np.prod(t.shape))
+    return total
+
+
+def estimate_bytes_per_image(model, image_shape, attacks: dict) -> dict:
+    """Estimated peak bytes per attacked image for the most demanding of `attacks` ({name: params}): the model's
+    forward + backward, plus the smoothing's CG trajectory for a smooth attack differentiated through the
+    iterations (``cg_gradient="autodiff"``). A model that does not list its layers is costed at InceptionV3's
+    activations per input pixel. Returns the parts and "total"."""
+    import numpy as np
+
+    pixels = int(np.prod(image_shape))
+    floats = activation_floats(model, image_shape)
+    if floats is None:
+        floats = pixels * INCEPTION_V3_FLOATS_PER_INPUT
+    model_bytes = 4 * ACTIVATION_FACTOR * floats
+    worst = {"model": model_bytes, "smoothing": 0.0, "attack": None}
+    for name, params in attacks.items():
+        smoothing = 0.0
+        if params.get("solver") == "cg" or (params.get("solver") == "auto" and pixels // image_shape[-1] > 4096):
+            if params.get("cg_gradient", "autodiff") == "autodiff":
+                smoothing = 4 * pixels * CG_AUTODIFF_IMAGES_PER_ITERATION * params.get("cg_iterations", 50)
+            else:
+                smoothing = 4 * pixels * CG_IMPLICIT_IMAGES
+        if worst["attack"] is None or smoothing > worst["smoothing"]:
+            worst = {"model": model_bytes, "smoothing": smoothing, "attack": name}
+    worst["total"] = worst["model"] + worst["smoothing"]
+    return worst
+
+
+INCEPTION_V3_FLOATS_PER_INPUT = 246.0  # activation_floats(slim InceptionV3, (299, 299, 3)) / (299 * 299 * 3)
+
+
+def device_memory_bytes(name: str, sharing: int = 1) -> tuple[int, str]:
+    """Bytes one device offers the attacks, and where the number comes from: TensorFlow's memory limit for a GPU
+    (what its allocator may use); for the CPU the memory Linux reports available now, split between the
+    `sharing` logical CPU devices that share it."""
+    import os
+
+    if name.startswith("GPU"):
+        from tensorflow.python.client import device_lib  # the only API that reports a GPU's memory limit
+
+        for device in device_lib.list_local_devices():
+            if device.device_type == "GPU" and device.name.endswith(f"GPU:{name.split(':')[1]}"):
+                return int(device.memory_limit), f"TensorFlow's memory limit on {name}"
+        raise ValueError(f"{name}: no such GPU")
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        available, source = int(fields["MemAvailable"].split()[0]) * 1024, "the memory available now"
+    except (OSError, KeyError, ValueError):
+        available, source = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "the physical memory"
+    if sharing > 1:
+        return available // sharing, f"{source}, split between {sharing} logical CPU devices"
+    return available, source
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's weights (float32 assumed where unknown)."""
+    import numpy as np
+
+    return int(sum(np.prod(w.shape) * 4 for w in getattr(model, "weights", [])))
+
+
+def choose_batch_size(model, image_shape, attacks: dict, budget_bytes: float, replicas: int = 1) -> tuple[int, str]:
+    """The largest batch whose estimated peak fits `budget_bytes` per device (the model's weights taken
+    off first), times the number of replicas; and a sentence saying why (and what the implicit gradient of the
+    smoothing would allow, when that is larger)."""
+    estimate = estimate_bytes_per_image(model, image_shape, attacks)
+    room = budget_bytes - weight_bytes(model)
+
+    def fit(per_image: float) -> int:
+        return max(1, int(room // per_image)) * replicas
+
+    batch = fit(estimate["total"])
+    gib = 2**30
+    why = (
+        f"≈{estimate['total'] / gib:.2f} GiB per image (the model's forward + backward "
+        f"≈{estimate['model'] / gib:.2f} GiB"
+    )
+    if estimate["smoothing"]:
+        why += f", {estimate['attack']}'s smoothing ≈{estimate['smoothing'] / gib:.2f} GiB"
+    why += f") in {room / gib:.1f} GiB per device"
+    if room < estimate["total"]:
+        why += " — the budget is smaller than one image: running 1 per device anyway"
+    worst = attacks.get(estimate["attack"]) or {}
+    if estimate["smoothing"] and worst.get("cg_gradient", "autodiff") == "autodiff":
+        implicit = {name: {**p, "cg_gradient": "implicit"} for name, p in attacks.items()}
+        other = fit(estimate_bytes_per_image(model, image_shape, implicit)["total"])
+        if other > batch:
+            why += (
+                f"; the implicit gradient (--attack_params=cg_gradient=implicit: the exact solve's gradient, "
+                f"memory independent of the CG iterations) would allow {other}"
+            )
+    return batch, why

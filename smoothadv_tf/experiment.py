@@ -72,12 +72,48 @@ def strategy():
             found = devices.configure(names)
         except ValueError as e:
             raise app.UsageError(f"--devices={','.join(FLAGS.devices)}: {e}") from None
+        _STRATEGY["devices"] = found
         if not names and len(found) == 1:
             _STRATEGY["strategy"] = None
         else:
             _STRATEGY["strategy"] = devices.strategy_for(found)
             logging.info("attacks run on %s (%s)", ", ".join(found), type(_STRATEGY["strategy"]).__name__)
     return _STRATEGY["strategy"]
+
+
+SMALL_IMAGE_PIXELS = 4096  # up to 64 x 64 (MNIST-size): batches of 100 fit any device
+BUDGET_FRACTION = 0.8  # of a device's memory: room for TensorFlow's own workspace and fragmentation
+
+
+def batch_size(model, dataset) -> int:
+    """--batch_size if given; 100 for small images; else the largest batch whose estimated peak memory
+    (devices.estimate_bytes_per_image, calibrated by scripts/bench_memory.py) fits --memory_budget_gb on each
+    device (default 80 % of the device's memory), logged with the reasons."""
+    if FLAGS.batch_size is not None:
+        return FLAGS.batch_size
+    shape = dataset.images.shape[1:]
+    if shape[0] * shape[1] <= SMALL_IMAGE_PIXELS:
+        return 100
+    chosen = strategy()
+    replicas = chosen.num_replicas_in_sync if chosen is not None else 1
+    names = _STRATEGY["devices"]
+    if FLAGS.memory_budget_gb is not None:
+        budget, source = FLAGS.memory_budget_gb * 2**30, f"--memory_budget_gb={FLAGS.memory_budget_gb:g}"
+    else:
+        sharing = len(names) if names[0].startswith("CPU") else 1
+        total, where = devices.device_memory_bytes(names[0], sharing)
+        budget = BUDGET_FRACTION * total
+        source = f"{BUDGET_FRACTION:.0%} of {where} ({total / 2**30:.1f} GiB)"
+    runs = {
+        attack: evaluation.attack_runs(attack, preset_for(FLAGS.dataset), False, attack_overrides(), FLAGS.protocol)[0]
+        for attack in check_attacks(FLAGS.attacks)
+    }
+    size, why = devices.choose_batch_size(model, shape, runs, budget, replicas)
+    size = min(size, max(1, min(FLAGS.num_images, len(dataset))))
+    message = f"--batch_size not given: batches of {size} over {replicas} device(s), from {source}: {why}"
+    logging.info("%s", message)
+    print(message, flush=True)
+    return size
 
 
 def device_scope():
@@ -127,7 +163,20 @@ def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num
         "constant, margin-judged best iterate); 'strong' = 5 x 100 binary search over c",
     )
     flags.DEFINE_integer("num_images", default_num_images, "first N test images (before sharding)", lower_bound=1)
-    flags.DEFINE_integer("batch_size", 100, "images per attack batch", lower_bound=1)
+    flags.DEFINE_integer(
+        "batch_size",
+        None,
+        "images per attack batch, split across --devices (default: 100 for MNIST-size images; for larger ones "
+        "the most that fits --memory_budget_gb, logged)",
+        lower_bound=1,
+    )
+    flags.DEFINE_float(
+        "memory_budget_gb",
+        None,
+        "memory per device the attacks may use when --batch_size is not given (default: 80 % of TensorFlow's "
+        "memory limit on the GPU, or of the memory available on the CPU)",
+        lower_bound=0.01,
+    )
     flags.DEFINE_string("output_dir", "results", "root of the results tree")
     flags.DEFINE_integer("num_shards", 1, "split the images into this many shards", lower_bound=1)
     flags.DEFINE_integer(
@@ -583,7 +632,7 @@ def run(
             preset_for(FLAGS.dataset),
             store,
             indices,
-            FLAGS.batch_size,
+            batch_size(model, dataset),
             single_run=single_run,
             evaluate_on=evaluate_on,
             save_images_dir=f"{out_dir}/images" if save_images else None,

@@ -74,3 +74,47 @@ def test_two_devices_record_exactly_what_one_device_records(tmp_path, c4_path):
     records = (tmp_path / "one" / run / "records.jsonl").read_text().splitlines()
     runs = sum(len(evaluation.attack_runs(a, "mnist", overrides={"iterations": 5})) for a in presets.ATTACK_NAMES)
     assert len(records) == 15 * (1 + runs)  # a clean record and one per attack run (ε sweeps included) per image
+
+
+# ------------------------------------------------------------------------------------------ memory budget
+def _inception_like(side: int):
+    """A small functional CNN whose activations are known: three same-size convolutions of 8 channels."""
+    import keras
+
+    inputs = keras.Input((side, side, 3))
+    net = inputs
+    for k in range(3):
+        net = keras.layers.Conv2D(8, 3, padding="same", name=f"conv{k}")(net)
+    outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(net))
+    return keras.Model(inputs, outputs)
+
+
+def test_activation_count_follows_the_image_size():
+    """Every float tensor of one forward pass, from the traced graph: the three 8-channel feature maps dominate,
+    and the count scales with the pixels (a model built for any input size is costed at the size it gets)."""
+    model = _inception_like(None)
+    small, large = devices.activation_floats(model, (64, 64, 3)), devices.activation_floats(model, (128, 128, 3))
+    assert small >= 3 * 64 * 64 * 8  # at least the three feature maps (plus bias adds and the input)
+    assert large == pytest.approx(4 * small, rel=0.01)
+
+
+def test_batch_size_fits_the_budget_and_names_the_implicit_gradient():
+    model = _inception_like(None)
+    shape = (128, 128, 3)
+    smooth = {"smooth_carlini_wagner_l2": {"solver": "cg", "cg_iterations": 50, "cg_gradient": "autodiff"}}
+    per_image = devices.estimate_bytes_per_image(model, shape, smooth)
+    assert per_image["attack"] == "smooth_carlini_wagner_l2"
+    assert per_image["smoothing"] == 4 * 128 * 128 * 3 * 50 * devices.CG_AUTODIFF_IMAGES_PER_ITERATION
+    budget = devices.weight_bytes(model) + 10.5 * per_image["total"]
+    batch, why = devices.choose_batch_size(model, shape, smooth, budget)
+    assert batch == 10  # the largest batch whose estimate fits
+    assert "would allow" in why  # the implicit gradient keeps no CG trajectory: a larger batch fits
+    implicit = {"smooth_carlini_wagner_l2": {**smooth["smooth_carlini_wagner_l2"], "cg_gradient": "implicit"}}
+    larger, why_implicit = devices.choose_batch_size(model, shape, implicit, budget)
+    assert larger > batch and "would allow" not in why_implicit
+    assert devices.choose_batch_size(model, shape, smooth, budget, replicas=3)[0] == 30  # the budget is per device
+    plain = {"carlini_wagner_l2": {}}
+    assert devices.choose_batch_size(model, shape, {**plain, **smooth}, budget)[0] == 10  # the most demanding
+    assert devices.choose_batch_size(model, shape, plain, budget)[0] > 10
+    tiny, why_tiny = devices.choose_batch_size(model, shape, smooth, budget / 20)
+    assert tiny == 1 and "smaller than one image" in why_tiny

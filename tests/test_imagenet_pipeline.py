@@ -36,7 +36,7 @@ def test_white_box_on_nips17_with_slim_checkpoint(tmp_path, slim_inception_v3):
         "--model=inception_v3",
         f"--checkpoint={ckpt}",
         "--num_images=2",
-        "--batch_size=2",
+        "--memory_budget_gb=0.35",  # no --batch_size: the batch comes from the budget (InceptionV3: ~0.18 GiB/image)
         "--attack_params=iterations=2,binary_search_steps=1,cg_iterations=5",
         f"--output_dir={tmp_path}/out",
         "--save_images",
@@ -45,6 +45,9 @@ def test_white_box_on_nips17_with_slim_checkpoint(tmp_path, slim_inception_v3):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| sC&W |" in done.stdout
+    # the batch size chosen from the memory budget, said with its reasons (weights off the top: room for one)
+    assert "--batch_size not given: batches of 1 over 1 device(s), from --memory_budget_gb=0.35: " in done.stdout
+    assert "GiB per image (the model's forward + backward" in done.stdout
     check_white_box_outputs(tmp_path / "out/white_box/nips17-inception_v3/paper", data_dir, labels)
 
 

@@ -1,0 +1,231 @@
+"""The gradient loop (§4.1, eq. 10-12): FGSM, I-FGSM, PGD₂ and sPGD₂.
+
+x ← c(x - n(g)) with g the loss gradient, n the sign (L∞) or the L2 normalisation times the step, and c the
+projection on the ε-ball around x_o and on [0, 1] (eq. 10-11). sPGD₂ differs from PGD₂ only in one map: the
+gradient is smoothed by ŝ_α guided by x_o before the normalisation (eq. 12).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from smoothadv_tf.attacks.common import (
+    AttackResult,
+    _check_inputs,
+    _compiled,
+    _finish,
+    _originally_correct,
+    _per_image,
+    _run_padded,
+    _smoothing_options,
+    is_adversarial,
+    l2_norm,
+    logits_of,
+    margin_loss,
+    quantize,
+)
+from smoothadv_tf.attacks.latent import SmoothLatent
+from smoothadv_tf.smoothing import Smoother
+
+
+def _gradient_attack(
+    model,
+    x,
+    y,
+    *,
+    epsilon,
+    step,
+    iterations,
+    norm,
+    smoothing=None,
+    margin=0.0,
+    target=None,
+    early_stop=True,
+    quantize_output=True,
+) -> AttackResult:
+    """Eq. (10)-(12): x ← c(x - n(g)) with g the loss gradient, optionally smoothed (sPGD₂), n the sign
+    (L∞) or the L2 normalisation times `step`, and c the projection on the ε-ball around x_o and on [0,1].
+    Each image stops once it is adversarial (judged on the quantised image) when `early_stop`."""
+    x, y, target = _check_inputs(x, y, target)
+    if not epsilon > 0 or not step > 0 or iterations < 1:
+        raise ValueError(f"epsilon={epsilon}, step={step}, iterations={iterations}: must be positive")
+    targeted = target is not None
+    smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
+    key = (
+        "gradient",
+        norm,
+        smooth_key,
+        float(margin),
+        targeted,
+        bool(early_stop),
+        bool(quantize_output),
+        int(iterations),
+    )
+
+    def build(get_model):
+        @tf.function
+        def run(x_o, goal, originally_correct, epsilon, step):
+            model = get_model()
+            latent = SmoothLatent.from_smoother(Smoother(x_o, **smoothing)) if smoothing else None
+
+            def body(k, x_adv, done, used):
+                with tf.GradientTape(watch_accessed_variables=False) as tape:
+                    tape.watch(x_adv)
+                    loss = tf.reduce_sum(
+                        margin_loss(logits_of(model, x_adv), goal, margin, targeted, positive_part=False)
+                    )
+                g = tape.gradient(loss, x_adv)
+                if latent is not None:  # eq. (12): smooth the gradient before normalising it
+                    g = latent.perturbation(g, stop_gradient=True)
+                if norm == "linf":
+                    direction = tf.sign(g)
+                else:
+                    gn = _per_image(l2_norm(g))
+                    direction = tf.where(gn > 0, g / tf.where(gn > 0, gn, tf.ones_like(gn)), tf.zeros_like(g))
+                r = x_adv - step * direction - x_o
+                if norm == "linf":
+                    r = tf.clip_by_value(r, -epsilon, epsilon)
+                else:
+                    rn = _per_image(l2_norm(r))
+                    r = r * tf.minimum(1.0, epsilon / tf.maximum(rn, 1e-12))
+                x_new = tf.clip_by_value(x_o + r, 0.0, 1.0)
+                x_adv = tf.where(_per_image(done), x_adv, x_new)
+                used += tf.cast(~done, tf.int64)
+                if early_stop:
+                    judged = quantize(x_adv) if quantize_output else x_adv
+                    done = done | is_adversarial(logits_of(model, judged), goal, targeted)
+                return k + 1, x_adv, done, used
+
+            done = ~originally_correct  # misclassified images are reported, not attacked
+            used = tf.zeros_like(goal)
+            _, x_adv, _, used = tf.while_loop(
+                lambda k, x_adv, done, used: (k < iterations) & ~tf.reduce_all(done),
+                body,
+                (tf.constant(0), x_o, done, used),
+            )
+            return x_adv, used
+
+        return run
+
+    traced = _compiled(model, key, build)
+    originally_correct = _originally_correct(model, x, y)
+    goal = target if targeted else y
+    x_adv, used = _run_padded(
+        traced,
+        [x, goal, originally_correct],
+        tf.constant(epsilon, tf.float32),
+        tf.constant(step, tf.float32),
+    )
+    return _finish(model, x, y, target, x_adv, used.numpy(), originally_correct, quantize_output)
+
+
+def fgsm(model, x, y, *, epsilon=0.3, margin=0.0, target=None, quantize=True) -> AttackResult:
+    """FGSM (Goodfellow et al.): one signed-gradient step of size ε (L∞)."""
+    return _gradient_attack(
+        model,
+        x,
+        y,
+        epsilon=epsilon,
+        step=epsilon,
+        iterations=1,
+        norm="linf",
+        margin=margin,
+        target=target,
+        early_stop=False,
+        quantize_output=quantize,
+    )
+
+
+def ifgsm(
+    model,
+    x,
+    y,
+    *,
+    epsilon=0.3,
+    step=0.08,
+    iterations=10,
+    margin=0.0,
+    target=None,
+    early_stop=True,
+    quantize=True,
+) -> AttackResult:
+    """I-FGSM (Kurakin et al.): signed steps of size `step`, projected on the L∞ ball of radius ε."""
+    return _gradient_attack(
+        model,
+        x,
+        y,
+        epsilon=epsilon,
+        step=step,
+        iterations=iterations,
+        norm="linf",
+        margin=margin,
+        target=target,
+        early_stop=early_stop,
+        quantize_output=quantize,
+    )
+
+
+def pgd2(
+    model,
+    x,
+    y,
+    *,
+    epsilon=5.0,
+    step=3.0,
+    iterations=10,
+    margin=0.0,
+    target=None,
+    early_stop=True,
+    quantize=True,
+) -> AttackResult:
+    """PGD₂: L2-normalised gradient steps of size `step`, projected on the L2 ball of radius ε."""
+    return _gradient_attack(
+        model,
+        x,
+        y,
+        epsilon=epsilon,
+        step=step,
+        iterations=iterations,
+        norm="l2",
+        margin=margin,
+        target=target,
+        early_stop=early_stop,
+        quantize_output=quantize,
+    )
+
+
+def smooth_pgd2(
+    model,
+    x,
+    y,
+    *,
+    epsilon=5.0,
+    step=3.0,
+    iterations=10,
+    alpha=0.95,
+    solver="auto",
+    cg_iterations=50,
+    cg_gradient="autodiff",
+    graph=None,
+    margin=0.0,
+    target=None,
+    early_stop=True,
+    quantize=True,
+) -> AttackResult:
+    """sPGD₂ (eq. 12): PGD₂ whose gradient is smoothed by ŝ_α guided by x_o before normalisation.
+    ``solver="auto"`` (default): dense ŝ_α up to 64 x 64 pixels, CG above."""
+    return _gradient_attack(
+        model,
+        x,
+        y,
+        epsilon=epsilon,
+        step=step,
+        iterations=iterations,
+        norm="l2",
+        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
+        margin=margin,
+        target=target,
+        early_stop=early_stop,
+        quantize_output=quantize,
+    )

@@ -1,0 +1,293 @@
+"""The optimality loop (§2.1, §4.2; eq. 4 / 13 / 18): C&W L2 and sC&W.
+
+Minimise ||r||² + c·ℓ(f(x), t) with Adam over a variable v that maps to the image x and the perturbation r;
+the two attacks differ only in that map: C&W's r = (tanh(w) + 1)/2 - x_o (eq. 4), sC&W's r = ŝ_α(z) with z
+initialised at 0 and x = c(x_o + r) clipped to [0, 1] (eq. 17-18, :class:`~smoothadv_tf.attacks.SmoothLatent`).
+Both use a per-image binary search over c = 1/λ and keep the least-distortion successful iterate
+(``best_iterate`` says which iterates count). C&W's early abort is available per image but off by default: a
+batch runs while any image is active, so it saved no time here, and on Fashion-MNIST it raised C&W's mean
+distortion from 0.81 to 0.93 by stopping images too soon.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from smoothadv_tf.attacks.common import (
+    AttackResult,
+    _check_inputs,
+    _compiled,
+    _finish,
+    _originally_correct,
+    _per_image,
+    _run_padded,
+    _smoothing_options,
+    is_adversarial,
+    l2_norm,
+    logits_of,
+    margin_loss,
+    meets_margin,
+    quantize,
+)
+from smoothadv_tf.attacks.latent import SmoothLatent
+from smoothadv_tf.presets import BEST_ITERATE_RULES
+from smoothadv_tf.smoothing import Smoother
+
+LARGE = 1e10  # C&W's "no upper bound yet" for c
+
+
+class _TanhPerturbation:
+    """C&W: x = (tanh(w) + 1) / 2 stays in [0, 1]; r = x - x_o; penalty ||x - x_o||² (eq. 4)."""
+
+    def __init__(self, x_o):
+        self.x_o = x_o
+
+    def initial(self):
+        return tf.atanh(tf.clip_by_value(2.0 * self.x_o - 1.0, -1.0 + 1e-6, 1.0 - 1e-6))
+
+    def image_and_perturbation(self, w):
+        x = (tf.tanh(w) + 1.0) / 2.0
+        return x, x - self.x_o
+
+
+class _SmoothPerturbation:
+    """sC&W: r = ŝ_α(z) (eq. 17), x = c(x_o + r) clipped to [0, 1], penalty ||r||² (eq. 18); z starts at 0.
+    `smoothing` holds :class:`~smoothadv_tf.smoothing.Smoother`'s options (from :func:`_smoothing_options`)."""
+
+    def __init__(self, x_o, smoothing):
+        self.latent = SmoothLatent.from_smoother(Smoother(x_o, **smoothing))
+
+    def initial(self):
+        return self.latent.zeros()
+
+    def image_and_perturbation(self, z):
+        return self.latent.image_and_perturbation(z)
+
+
+def _optimality_attack(
+    model,
+    x,
+    y,
+    *,
+    smoothing=None,
+    margin=0.0,
+    learning_rate=0.1,
+    initial_const=15.0,
+    binary_search_steps=5,
+    iterations=100,
+    abort_early=False,
+    best_iterate="misclassified",
+    target=None,
+    quantize_output=True,
+    beta1=0.9,
+    beta2=0.999,
+    adam_epsilon=1e-8,
+) -> AttackResult:
+    """Minimise ||r||² + c·ℓ(f(x(v)), t) over the variable v with Adam (eq. 4 for C&W, eq. 18 for sC&W).
+
+    ``best_iterate`` says which iterates may become the returned image (the least-distortion one among them):
+    ``"misclassified"`` — its 8-bit image (raw, if not quantising) is misclassified (or hits the target);
+    ``"margin"`` — its raw float image meets the confidence margin m (:func:`meets_margin`), cleverhans' and
+    foolbox's rule, so with m > 0 the result is one the authors' code would have kept. Either way the returned
+    image is then judged as usual (8-bit, success = misclassified). In both, iterate k is the image *before*
+    the k-th Adam update (the first is x_o itself), as in cleverhans and foolbox.
+    The early abort (``abort_early``) follows cleverhans' rule per image: at every tenth of the iterations
+    (iteration 0 included) an image stops when its loss is above 0.9999 × its loss at the previous check,
+    and the iterate that triggered the stop is not considered."""
+    x, y, target = _check_inputs(x, y, target)
+    if binary_search_steps < 1 or iterations < 1 or not initial_const > 0 or not learning_rate > 0:
+        raise ValueError("binary_search_steps, iterations, initial_const and learning_rate must be positive")
+    if best_iterate not in BEST_ITERATE_RULES:
+        raise ValueError(f"best_iterate={best_iterate!r}: expected one of {BEST_ITERATE_RULES}")
+    targeted = target is not None
+    smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
+    key = (
+        "optimality",
+        smooth_key,
+        float(margin),
+        float(learning_rate),
+        int(binary_search_steps),
+        int(iterations),
+        bool(abort_early),
+        best_iterate,
+        targeted,
+        bool(quantize_output),
+        beta1,
+        beta2,
+        adam_epsilon,
+    )
+    check_every = max(iterations // 10, 1)
+
+    def build(get_model):
+        @tf.function
+        def run(x_o, goal, originally_correct, initial_const):
+            model = get_model()
+            param = _SmoothPerturbation(x_o, smoothing) if smoothing else _TanhPerturbation(x_o)
+            start = param.initial()
+            ones = tf.ones_like(goal, dtype=tf.float32)  # per-image vectors keep goal's static shape
+            inf = ones * np.inf
+
+            def one_search_step(c, best_x, best_d, used):
+                """Adam from the start point for one value of c per image; returns who succeeded."""
+
+                def body(k, v, m, s, active, prev, succeeded, best_x, best_d, used):
+                    with tf.GradientTape(watch_accessed_variables=False) as tape:
+                        tape.watch(v)
+                        image, r = param.image_and_perturbation(v)
+                        logits = logits_of(model, image)
+                        per_image = tf.reduce_sum(tf.square(r), [1, 2, 3]) + c * margin_loss(
+                            logits, goal, margin, targeted
+                        )
+                        loss = tf.reduce_sum(per_image)
+                    grad = tape.gradient(loss, v)
+                    # Early abort (C&W), per image so that an image's result never depends on its batch-mates
+                    # (resumed and sharded runs reproduce a single run): every tenth of the run, freeze the
+                    # images whose loss no longer decreases. Decided before this iterate counts, as cleverhans.
+                    if abort_early:
+                        checkpoint = k % check_every == 0
+                        active = active & ~(checkpoint & (per_image > 0.9999 * prev))
+                        prev = tf.where(checkpoint, per_image, prev)
+                    # Keep the least-distortion iterate among those that count.
+                    if best_iterate == "margin":
+                        candidate = image
+                        hit = meets_margin(logits, goal, margin, targeted) & active
+                    else:
+                        candidate = quantize(image) if quantize_output else image
+                        candidate_logits = logits_of(model, candidate) if quantize_output else logits
+                        hit = is_adversarial(candidate_logits, goal, targeted) & active
+                    dist = l2_norm(candidate - x_o)
+                    better = hit & (dist < best_d)
+                    best_x = tf.where(_per_image(better), candidate, best_x)
+                    best_d = tf.where(better, dist, best_d)
+                    succeeded = succeeded | hit
+                    # Adam, frozen for inactive images.
+                    t = tf.cast(k + 1, tf.float32)
+                    m_new = beta1 * m + (1 - beta1) * grad
+                    s_new = beta2 * s + (1 - beta2) * tf.square(grad)
+                    update = learning_rate * (m_new / (1 - beta1**t)) / (tf.sqrt(s_new / (1 - beta2**t)) + adam_epsilon)
+                    on = _per_image(active)
+                    v = tf.where(on, v - update, v)
+                    m, s = tf.where(on, m_new, m), tf.where(on, s_new, s)
+                    used += tf.cast(active, tf.int64)
+                    return k + 1, v, m, s, active, prev, succeeded, best_x, best_d, used
+
+                zeros = tf.zeros_like(start)
+                state = (
+                    tf.constant(0),
+                    start,
+                    zeros,
+                    zeros,
+                    originally_correct,
+                    inf,  # each image's loss at the last abort check
+                    tf.zeros_like(originally_correct),
+                    best_x,
+                    best_d,
+                    used,
+                )
+                state = tf.while_loop(lambda k, *rest: (k < iterations) & tf.reduce_any(rest[3]), body, state)
+                return state[6], state[7], state[8], state[9]
+
+            def search(step, c, lower, upper, best_x, best_d, used):
+                succeeded, best_x, best_d, used = one_search_step(c, best_x, best_d, used)
+                # Binary search on c = 1/λ per image (C&W): smaller after a success, larger after a failure.
+                upper = tf.where(succeeded, tf.minimum(upper, c), upper)
+                lower = tf.where(succeeded, lower, tf.maximum(lower, c))
+                c = tf.where(upper < LARGE, (lower + upper) / 2.0, c * 10.0)
+                return step + 1, c, lower, upper, best_x, best_d, used
+
+            c0 = ones * initial_const
+            state = (
+                tf.constant(0),
+                c0,
+                0.0 * ones,
+                ones * LARGE,
+                x_o,
+                inf,
+                tf.zeros_like(goal, tf.int64),
+            )
+            state = tf.while_loop(lambda step, *_: step < binary_search_steps, search, state)
+            return state[4], state[6]  # failures keep x_o: "if there is none, the attack fails"
+
+        return run
+
+    traced = _compiled(model, key, build)
+    originally_correct = _originally_correct(model, x, y)
+    goal = target if targeted else y
+    best_x, used = _run_padded(traced, [x, goal, originally_correct], tf.constant(initial_const, tf.float32))
+    return _finish(model, x, y, target, best_x, used.numpy(), originally_correct, quantize_output)
+
+
+def carlini_wagner_l2(
+    model,
+    x,
+    y,
+    *,
+    margin=1.0,
+    learning_rate=0.1,
+    initial_const=15.0,
+    binary_search_steps=5,
+    iterations=100,
+    abort_early=False,
+    best_iterate="misclassified",
+    target=None,
+    quantize=True,
+) -> AttackResult:
+    """C&W L2 (eq. 4): tanh change of variable, Adam, margin m, per-image binary search over c = 1/λ.
+
+    The defaults are the ``strong`` protocol; ``preset(..., protocol="paper")`` gives the authors' (one
+    binary-search step, ``best_iterate="margin"``). See :func:`_optimality_attack` for ``best_iterate`` and
+    ``abort_early``."""
+    return _optimality_attack(
+        model,
+        x,
+        y,
+        margin=margin,
+        learning_rate=learning_rate,
+        initial_const=initial_const,
+        binary_search_steps=binary_search_steps,
+        iterations=iterations,
+        abort_early=abort_early,
+        best_iterate=best_iterate,
+        target=target,
+        quantize_output=quantize,
+    )
+
+
+def smooth_carlini_wagner_l2(
+    model,
+    x,
+    y,
+    *,
+    alpha=0.95,
+    solver="auto",
+    cg_iterations=50,
+    cg_gradient="autodiff",
+    graph=None,
+    margin=1.0,
+    learning_rate=0.1,
+    initial_const=15.0,
+    binary_search_steps=5,
+    iterations=100,
+    abort_early=False,
+    best_iterate="misclassified",
+    target=None,
+    quantize=True,
+) -> AttackResult:
+    """sC&W (eq. 18): C&W's loop on a latent z with perturbation r = ŝ_α(z) guided by x_o. Options as
+    :func:`carlini_wagner_l2`; ``solver="auto"`` (default): dense ŝ_α up to 64 x 64 pixels, CG above."""
+    return _optimality_attack(
+        model,
+        x,
+        y,
+        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
+        margin=margin,
+        learning_rate=learning_rate,
+        initial_const=initial_const,
+        binary_search_steps=binary_search_steps,
+        iterations=iterations,
+        abort_early=abort_early,
+        best_iterate=best_iterate,
+        target=target,
+        quantize_output=quantize,
+    )

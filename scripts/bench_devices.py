@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("devices", [], "the devices of the multi-device run (default: all GPUs, else CPU:0,CPU:1)")
 flags.DEFINE_enum("model", "c4", ["c4", "inception_v3"], "C4 on Fashion-MNIST, or InceptionV3 (random weights)")
 flags.DEFINE_string("checkpoint", None, "C4 .keras file (default: models/c4_fashion_mnist_seed0.keras)")
-flags.DEFINE_list("attacks", list(presets.ATTACK_NAMES), "attacks to time")
+flags.DEFINE_list("attacks", list(presets.PAPER_ATTACKS), "attacks to time")
 flags.DEFINE_integer("num_images", 100, "images per batch (split across the devices)", lower_bound=1)
 flags.DEFINE_integer("rounds", 3, "interleaved timing rounds", lower_bound=1)
 flags.DEFINE_list("attack_params", ["iterations=20"], "preset overrides (key=value) for every attack taking them")

@@ -29,7 +29,7 @@ from absl import logging
 from smoothadv_tf import presets
 from smoothadv_tf.cli import InputError
 
-DISTORTION_TARGETING = ("fgsm", "ifgsm", "pgd2", "smooth_pgd2")
+DISTORTION_TARGETING = ("fgsm", "ifgsm", "pgd2", "smooth_pgd2", "smooth_pgd2_latent")
 # Target lists per preset (ε of each run). MNIST PGD₂ uses D in [1, 6] as the paper's Fig. 2.
 TARGETS = {
     "mnist": {
@@ -37,12 +37,14 @@ TARGETS = {
         "ifgsm": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3],
         "pgd2": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
         "smooth_pgd2": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "smooth_pgd2_latent": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
     },
     "imagenet": {
         "fgsm": [0.02, 0.04, 0.06, 0.08, 0.1, 0.1255],
         "ifgsm": [0.02, 0.04, 0.06, 0.08, 0.1, 0.1255],
         "pgd2": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
         "smooth_pgd2": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "smooth_pgd2_latent": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
     },
 }
 

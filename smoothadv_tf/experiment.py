@@ -141,7 +141,7 @@ def model_tag(value: str) -> str:
     return f"{kind}-{rest}"
 
 
-def define_common_flags(default_attacks=tuple(presets.ATTACK_NAMES), default_num_images=1000) -> None:
+def define_common_flags(default_attacks=presets.PAPER_ATTACKS, default_num_images=1000) -> None:
     flags.DEFINE_enum("dataset", "fashion_mnist", ["mnist", "fashion_mnist", "nips17", "folder"], "dataset")
     flags.DEFINE_string("data_dir", None, "dataset directory (IDX files, NIPS-17 PNGs + CSV, or image folder)")
     flags.DEFINE_string(

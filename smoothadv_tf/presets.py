@@ -9,7 +9,11 @@ from __future__ import annotations
 import copy
 import math
 
-ATTACK_NAMES = ("fgsm", "ifgsm", "pgd2", "carlini_wagner_l2", "smooth_pgd2", "smooth_carlini_wagner_l2")
+# The paper's six attacks (what the experiment scripts run by default), then the L2 attacks beyond the paper
+# built on the same latent smoothing: PGD₂ on z with the exact projection, DDN and FMN, plain and smooth.
+PAPER_ATTACKS = ("fgsm", "ifgsm", "pgd2", "carlini_wagner_l2", "smooth_pgd2", "smooth_carlini_wagner_l2")
+EXTRA_ATTACKS = ("smooth_pgd2_latent", "ddn", "smooth_ddn", "fmn", "smooth_fmn")
+ATTACK_NAMES = PAPER_ATTACKS + EXTRA_ATTACKS
 BEST_ITERATE_RULES = ("misclassified", "margin")
 
 # The scalar keyword options of each attack and their types (tests/test_attacks.py checks this table against
@@ -33,7 +37,13 @@ OPTIONS = {
     "carlini_wagner_l2": dict(_OPTIMALITY),
     "smooth_pgd2": {**_GRADIENT, **_SMOOTHING},
     "smooth_carlini_wagner_l2": {**_OPTIMALITY, **_SMOOTHING},
-}
+    "smooth_pgd2_latent": {"epsilon": float, "step": float, "iterations": int, "margin": float, "quantize": bool,
+                           **_SMOOTHING},
+    "ddn": {"iterations": int, "init_epsilon": float, "gamma": float, "quantize": bool},
+    "fmn": {"iterations": int, "max_step": float, "min_step": float, "gamma": float, "quantize": bool},
+}  # fmt: skip
+OPTIONS["smooth_ddn"] = {**OPTIONS["ddn"], **_SMOOTHING}
+OPTIONS["smooth_fmn"] = {**OPTIONS["fmn"], **_SMOOTHING}
 NON_SCALAR_OPTIONS = {attack: ("target", "graph") if attack.startswith("smooth") else ("target",) for attack in OPTIONS}
 
 DISPLAY_NAMES = {
@@ -43,6 +53,11 @@ DISPLAY_NAMES = {
     "carlini_wagner_l2": "C&W",
     "smooth_pgd2": "sPGD2",
     "smooth_carlini_wagner_l2": "sC&W",
+    "smooth_pgd2_latent": "sPGD2-z",
+    "ddn": "DDN",
+    "smooth_ddn": "sDDN",
+    "fmn": "FMN",
+    "smooth_fmn": "sFMN",
 }
 
 # §5.2 parameters. What the paper leaves unstated (iterations, binary-search steps, which iterate C&W keeps)
@@ -51,6 +66,10 @@ _MNIST_SMOOTHING = {"alpha": 0.95, "solver": "dense"}
 _IMAGENET_SMOOTHING = {"alpha": 0.997, "solver": "cg", "cg_iterations": 50}
 _MNIST_CW = {"margin": 1.0, "learning_rate": 0.1, "initial_const": 15.0}
 _IMAGENET_CW = {"margin": 0.0, "learning_rate": 0.1, "initial_const": 100.0}
+# DDN and FMN at their authors' (and foolbox's) defaults: 100 steps, γ 0.05; DDN starts at ε = 1, FMN's step
+# anneals from 1 to 0.01. sPGD₂ on z takes sPGD₂'s budget.
+_DDN = {"iterations": 100, "init_epsilon": 1.0, "gamma": 0.05}
+_FMN = {"iterations": 100, "max_step": 1.0, "min_step": 0.01, "gamma": 0.05}
 PRESETS = {
     "mnist": {
         "fgsm": {"epsilon": 0.3},
@@ -59,6 +78,11 @@ PRESETS = {
         "carlini_wagner_l2": dict(_MNIST_CW),
         "smooth_pgd2": {"epsilon": 5.0, "step": 3.0, "iterations": 10, **_MNIST_SMOOTHING},
         "smooth_carlini_wagner_l2": {**_MNIST_CW, **_MNIST_SMOOTHING},
+        "smooth_pgd2_latent": {"epsilon": 5.0, "step": 3.0, "iterations": 10, **_MNIST_SMOOTHING},
+        "ddn": dict(_DDN),
+        "smooth_ddn": {**_DDN, **_MNIST_SMOOTHING},
+        "fmn": dict(_FMN),
+        "smooth_fmn": {**_FMN, **_MNIST_SMOOTHING},
     },
     "imagenet": {
         "fgsm": {"epsilon": 0.1255},
@@ -67,6 +91,11 @@ PRESETS = {
         "carlini_wagner_l2": dict(_IMAGENET_CW),
         "smooth_pgd2": {"epsilon": 5.0, "step": 3.0, "iterations": 10, **_IMAGENET_SMOOTHING},
         "smooth_carlini_wagner_l2": {**_IMAGENET_CW, **_IMAGENET_SMOOTHING},
+        "smooth_pgd2_latent": {"epsilon": 5.0, "step": 3.0, "iterations": 10, **_IMAGENET_SMOOTHING},
+        "ddn": dict(_DDN),
+        "smooth_ddn": {**_DDN, **_IMAGENET_SMOOTHING},
+        "fmn": dict(_FMN),
+        "smooth_fmn": {**_FMN, **_IMAGENET_SMOOTHING},
     },
 }
 
@@ -110,7 +139,7 @@ def preset(name: str, attack: str, protocol: str = DEFAULT_PROTOCOL, **overrides
 
 # Domains of the options, for checking user input before any work (check_params).
 _COUNTS = ("iterations", "binary_search_steps", "cg_iterations")
-_POSITIVE = ("epsilon", "step", "learning_rate", "initial_const")
+_POSITIVE = ("epsilon", "step", "learning_rate", "initial_const", "init_epsilon", "max_step", "min_step")
 _CHOICES = {
     "solver": ("auto", "dense", "cg"),
     "cg_gradient": ("autodiff", "implicit"),
@@ -149,6 +178,7 @@ def check_params(attack: str, params: dict) -> None:
             or (key in _POSITIVE and not (math.isfinite(value) and value > 0) and "must be positive")
             or (key == "margin" and not (math.isfinite(value) and value >= 0) and "must be >= 0")
             or (key == "alpha" and not 0 <= value < 1 and "must be in [0, 1)")
+            or (key == "gamma" and not 0 < value < 1 and "must be in (0, 1)")
             or (key in _CHOICES and value not in _CHOICES[key] and f"expected one of {list(_CHOICES[key])}")
         )
         if problem:

@@ -72,7 +72,7 @@ def test_two_devices_record_exactly_what_one_device_records(tmp_path, c4_path):
         one_bytes = (tmp_path / "one" / run / name).read_bytes()
         assert one_bytes == (tmp_path / "two" / run / name).read_bytes(), name
     records = (tmp_path / "one" / run / "records.jsonl").read_text().splitlines()
-    runs = sum(len(evaluation.attack_runs(a, "mnist", overrides={"iterations": 5})) for a in presets.ATTACK_NAMES)
+    runs = sum(len(evaluation.attack_runs(a, "mnist", overrides={"iterations": 5})) for a in presets.PAPER_ATTACKS)
     assert len(records) == 15 * (1 + runs)  # a clean record and one per attack run (ε sweeps included) per image
 
 

@@ -1,4 +1,5 @@
-"""The six attacks of the paper (§2, §4, §5.2): FGSM, I-FGSM, PGD₂, C&W L2, sPGD₂ and sC&W.
+"""The six attacks of the paper (§2, §4, §5.2): FGSM, I-FGSM, PGD₂, C&W L2, sPGD₂ and sC&W; and beyond it,
+sPGD₂ on the latent z, DDN / sDDN and FMN / sFMN.
 
 Every attack takes a model (a Keras model or any callable mapping [0, 1] NHWC images to logits), images x in
 [0, 1] and their true labels y, works on the whole batch at once (each image keeps its own state), and returns
@@ -14,6 +15,8 @@ Modules, one per family:
 - :mod:`.optimality` (eq. 4 / 13 / 18): C&W with the perturbation r = (tanh(w) + 1)/2 - x_o, and sC&W with
   r = ŝ_α(z), z initialised at 0 and x = c(x_o + r) clipped to [0, 1]; Adam, a per-image binary search over
   c = 1/λ, the least-distortion successful iterate.
+- :mod:`.minimum_norm`: L2 attacks whose constraint is a rescaling, beyond the paper — DDN, FMN and PGD₂ on
+  the latent z — each plain and smooth (r = ŝ_α(z), the constraint met exactly by rescaling z).
 - :mod:`.latent` (eq. 9, 17, 19): :class:`SmoothLatent`, the public building block z ↦ r = ŝ_α(z) with exact
   per-image L2 budgets on r by rescaling z; the smooth attacks are built on it, and so can a user's own.
 Each loop runs in one `tf.function` (binary search included): no host round trip per step.
@@ -48,6 +51,14 @@ from smoothadv_tf.attacks.common import (  # noqa: F401 - the package's names, p
 )
 from smoothadv_tf.attacks.gradient import _gradient_attack, fgsm, ifgsm, pgd2, smooth_pgd2  # noqa: F401
 from smoothadv_tf.attacks.latent import SmoothLatent  # noqa: F401
+from smoothadv_tf.attacks.minimum_norm import (  # noqa: F401
+    _rescaling_attack,
+    ddn,
+    fmn,
+    smooth_ddn,
+    smooth_fmn,
+    smooth_pgd2_latent,
+)
 from smoothadv_tf.attacks.optimality import (  # noqa: F401
     LARGE,
     _optimality_attack,
@@ -61,7 +72,9 @@ from smoothadv_tf.presets import (  # noqa: F401 - the parameters live beside th
     BEST_ITERATE_RULES,
     DEFAULT_PROTOCOL,
     DISPLAY_NAMES,
+    EXTRA_ATTACKS,
     OPTIMALITY_ATTACKS,
+    PAPER_ATTACKS,
     PRESETS,
     PROTOCOL_DESCRIPTIONS,
     PROTOCOLS,
@@ -77,6 +90,11 @@ ATTACKS = {
     "carlini_wagner_l2": carlini_wagner_l2,
     "smooth_pgd2": smooth_pgd2,
     "smooth_carlini_wagner_l2": smooth_carlini_wagner_l2,
+    "smooth_pgd2_latent": smooth_pgd2_latent,
+    "ddn": ddn,
+    "smooth_ddn": smooth_ddn,
+    "fmn": fmn,
+    "smooth_fmn": smooth_fmn,
 }
 
 

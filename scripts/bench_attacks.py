@@ -1,5 +1,5 @@
-"""Our C&W and PGD₂ side by side with foolbox 3 on the same model, images and budget; and the cost of
-smoothing inside C&W on InceptionV3 (sC&W / C&W time per iteration).
+"""Our C&W, PGD₂, DDN and FMN side by side with foolbox 3 on the same model, images and budget (and our sDDN /
+sFMN beside them); and the cost of smoothing inside C&W on InceptionV3 (sC&W / C&W time per iteration).
 
     python scripts/bench_attacks.py --num_images=100
     python scripts/bench_attacks.py --skip_peer              # only the sC&W/C&W ratio on InceptionV3
@@ -122,6 +122,23 @@ def peer_comparison(model, x, y):
             ),
         ),
     ]
+    # DDN and FMN at foolbox's default budgets (100 steps, γ 0.05; DDN ε₀ 1, FMN steps 1 → 0.01). Ours judge
+    # the 8-bit image at every step, so their rows are read on the 8-bit columns, foolbox's on the raw ones.
+    criterion = fb.criteria.Misclassification(yt)
+    minimum_norm = [
+        ("DDN (100 steps)", fb.attacks.DDNAttack(), "ddn"),
+        ("FMN L2 (100 steps)", fb.attacks.L2FMNAttack(), "fmn"),
+        ("sDDN (100 steps)", None, "smooth_ddn"),
+        ("sFMN (100 steps)", None, "smooth_fmn"),
+    ]
+    for label, peer, name in minimum_norm:
+        params = attacks.preset("mnist", name)
+        if peer is not None:
+            runs.append((label, "foolbox 3.3.4", lambda peer=peer: peer.run(fmodel, xt, criterion).numpy()))
+        runs.append(
+            (label, "smoothadv_tf", lambda n=name, p=params: attacks.run_attack(n, model, x, y, **p).adversarial)
+        )
+        attacks.run_attack(name, model, x, y, **params)  # trace outside the timing
     rows.append(model_floor(model, x, y))
     attacks.carlini_wagner_l2(model, x, y, **ours_budget)  # trace (per batch shape) outside the timing
     attacks.pgd2(model, x, y, epsilon=5.0, step=3.0, iterations=10, early_stop=False, quantize=False)
@@ -196,14 +213,16 @@ def smoothing_cost_on_inception(num_images: int, rounds: int) -> dict:
         "carlini_wagner_l2": {},
         "smooth_carlini_wagner_l2/autodiff": {"cg_gradient": "autodiff"},
         "smooth_carlini_wagner_l2/implicit": {"cg_gradient": "implicit"},
+        "smooth_ddn": {},
+        "smooth_fmn": {},
     }
     runs = {}
     for name, extra in variants.items():
         attack = name.split("/")[0]
+        if attack in attacks.OPTIMALITY_ATTACKS:
+            extra = {**extra, "binary_search_steps": 1, "abort_early": False}
         for iterations in (3, 11):
-            params = attacks.preset(
-                "imagenet", attack, binary_search_steps=1, abort_early=False, iterations=iterations, **extra
-            )
+            params = attacks.preset("imagenet", attack, iterations=iterations, **extra)
             runs[name, iterations] = lambda f=attacks.ATTACKS[attack], p=params: f(model, x, y, **p)
             runs[name, iterations]()  # trace
     per_iteration = {name: [] for name in variants}
@@ -277,6 +296,17 @@ def main(_):
                 f"{name}: {1000 * c['seconds_per_iteration']:.0f} ms/iteration/image, "
                 f"{c['ratio_to_cw_median']:.2f}x C&W (per round: {rounds})"
             )
+        # time per image at the default budgets: sC&W 1 x 100 (paper) or 5 x 100 (strong) iterations, sDDN /
+        # sFMN 100 steps (setup and final judgement left out, as above)
+        per = {name: c["seconds_per_iteration"] for name, c in cost.items()}
+        budgets = {
+            "sC&W paper (1 x 100)": 100 * per["smooth_carlini_wagner_l2/autodiff"],
+            "sC&W strong (5 x 100)": 500 * per["smooth_carlini_wagner_l2/autodiff"],
+            "sDDN (100 steps)": 100 * per["smooth_ddn"],
+            "sFMN (100 steps)": 100 * per["smooth_fmn"],
+        }
+        results["inception_seconds_per_image"] = budgets
+        print("; ".join(f"{k}: {v:.1f} s/image" for k, v in budgets.items()))
     os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
     with open(FLAGS.output, "w") as f:
         json.dump(results, f, indent=2)

@@ -84,7 +84,8 @@ def attack_runs_to_show(images_dir: str, image_id: str, records: list[dict]) -> 
         if name not in runs:
             raise app.UsageError(f"{images_dir}/{name}/{image_id}.png missing: the images and the records disagree")
         outcome = "success" if best["success"] else "failure"
-        chosen.append((name, f"{presets.DISPLAY_NAMES[attack]}\nD={best['distortion']:.2f}, {outcome}"))
+        ssim = f", SSIM={best['ssim']:.3f}" if best.get("ssim") is not None else ""  # runs before SSIM: D only
+        chosen.append((name, f"{presets.DISPLAY_NAMES[attack]}\nD={best['distortion']:.2f}{ssim}, {outcome}"))
     return chosen
 
 

@@ -70,20 +70,23 @@ def strategy_for(names: list[str]):
 
 # ---------------------------------------------------------------------------------------- memory per image
 # Calibrated with scripts/bench_memory.py on slim InceptionV3, 299x299, CPU (docs/results.md, "Memory"): bytes
-# one attacked image adds to the peak of an Adam step, as multiples of (a) the floats of every tensor of the
-# model's forward pass (activation_floats: C&W measured 0.164 GiB per image against 0.246 GiB of forward
-# tensors, so 0.67, rounded up) and (b) one image: the autodiff CG trajectory holds one search direction per
-# iteration and image (sC&W measured +0.054 GiB per image over C&W at 50 iterations = 50 x 1.07 MB); the
-# implicit gradient's adjoint solve needs a few image-sized vectors (measured: no growth above C&W's).
-ACTIVATION_FACTOR = 0.7
+# one attacked image adds to the peak of an Adam step, as multiples of (a) the bytes of every tensor of the
+# model's forward pass (activation_bytes: C&W measured 0.164 GiB per image against 0.156 GiB of forward
+# tensors, so 1.05) and (b) one image: the autodiff CG trajectory holds one search direction per iteration and
+# image (sC&W measured +0.054 GiB per image over C&W at 50 iterations; 50 x 4 x 299 x 299 x 3 bytes = 0.050
+# GiB); the implicit gradient's adjoint solve needs a few image-sized vectors (measured: no growth over C&W's).
+# On ResNetV2-50 the same factor over-estimates (0.312 against 0.216 GiB measured): the safe side.
+ACTIVATION_FACTOR = 1.05
 CG_AUTODIFF_IMAGES_PER_ITERATION = 1.0
 CG_IMPLICIT_IMAGES = 4.0
+INCEPTION_V3_BYTES_PER_INPUT = 624.0  # activation_bytes(slim InceptionV3, (299, 299, 3)) / (299 * 299 * 3)
 
 
-def activation_floats(model, image_shape) -> int | None:
-    """Floats of every intermediate tensor of one forward pass on one image (the model traced once into a
-    graph, all float outputs summed); None when the model hides its computation in a nested function call (a
-    SavedModel) so that the graph does not show it."""
+def activation_bytes(model, image_shape) -> int | None:
+    """Bytes of every intermediate tensor of one forward pass on one image: the model traced once into a graph,
+    the outputs of every op summed by their dtype's size (any floating dtype: a mixed-precision model's float16
+    activations count half), weights left out (variable reads: they do not grow with the batch). None when the
+    model hides its computation in a nested function call (a SavedModel), so that the graph does not show it."""
     import numpy as np
     import tensorflow as tf
 
@@ -92,39 +95,45 @@ def activation_floats(model, image_shape) -> int | None:
     for op in graph.get_operations():
         if op.type in ("StatefulPartitionedCall", "PartitionedCall"):
             return None
+        if op.type in ("ReadVariableOp", "VarHandleOp", "Const", "Placeholder"):
+            continue
         for t in op.outputs:
-            if t.dtype == tf.float32 and t.shape.is_fully_defined():
-                total += int(np.prod(t.shape))
+            if t.dtype.is_floating and t.shape.is_fully_defined():
+                total += int(np.prod(t.shape)) * t.dtype.size
     return total
 
 
-def estimate_bytes_per_image(model, image_shape, attacks: dict) -> dict:
+# Attacks that differentiate through the smoothing (the latent r = ŝ_α(z)); sPGD₂ smooths the gradient only.
+DIFFERENTIATED_SMOOTHING = ("smooth_carlini_wagner_l2", "smooth_ddn", "smooth_fmn", "smooth_pgd2_latent")
+
+
+def estimate_bytes_per_image(model, image_shape, attacks: dict, forward: int | None = None) -> dict:
     """Estimated peak bytes per attacked image for the most demanding of `attacks` ({name: params}): the model's
-    forward + backward, plus the smoothing's CG trajectory for a smooth attack differentiated through the
-    iterations (``cg_gradient="autodiff"``). A model that does not list its layers is costed at InceptionV3's
-    activations per input pixel. Returns the parts and "total"."""
+    forward + backward (ACTIVATION_FACTOR x :func:`activation_bytes`), plus, for an attack differentiating
+    through a CG smoothing with ``cg_gradient="autodiff"``, its trajectory (one image per CG iteration). A model
+    whose graph hides its computation (a SavedModel) is costed at InceptionV3's activation bytes per input
+    value. `forward` skips tracing the model when its activation bytes are known. Returns the parts and "total"."""
     import numpy as np
 
-    pixels = int(np.prod(image_shape))
-    floats = activation_floats(model, image_shape)
-    if floats is None:
-        floats = pixels * INCEPTION_V3_FLOATS_PER_INPUT
-    model_bytes = 4 * ACTIVATION_FACTOR * floats
+    values = int(np.prod(image_shape))
+    forward = activation_bytes(model, image_shape) if forward is None else forward
+    if forward is None:
+        forward = values * INCEPTION_V3_BYTES_PER_INPUT
+    model_bytes = ACTIVATION_FACTOR * forward
     worst = {"model": model_bytes, "smoothing": 0.0, "attack": None}
     for name, params in attacks.items():
         smoothing = 0.0
-        if params.get("solver") == "cg" or (params.get("solver") == "auto" and pixels // image_shape[-1] > 4096):
-            if params.get("cg_gradient", "autodiff") == "autodiff":
-                smoothing = 4 * pixels * CG_AUTODIFF_IMAGES_PER_ITERATION * params.get("cg_iterations", 50)
-            else:
-                smoothing = 4 * pixels * CG_IMPLICIT_IMAGES
+        cg = params.get("solver") == "cg" or (params.get("solver") == "auto" and values // image_shape[-1] > 4096)
+        if cg:
+            autodiff = name in DIFFERENTIATED_SMOOTHING and params.get("cg_gradient", "autodiff") == "autodiff"
+            images = (
+                CG_AUTODIFF_IMAGES_PER_ITERATION * params.get("cg_iterations", 50) if autodiff else CG_IMPLICIT_IMAGES
+            )
+            smoothing = 4 * values * images
         if worst["attack"] is None or smoothing > worst["smoothing"]:
             worst = {"model": model_bytes, "smoothing": smoothing, "attack": name}
     worst["total"] = worst["model"] + worst["smoothing"]
     return worst
-
-
-INCEPTION_V3_FLOATS_PER_INPUT = 246.0  # activation_floats(slim InceptionV3, (299, 299, 3)) / (299 * 299 * 3)
 
 
 def device_memory_bytes(name: str, sharing: int = 1) -> tuple[int, str]:
@@ -162,8 +171,10 @@ def choose_batch_size(model, image_shape, attacks: dict, budget_bytes: float, re
     """The largest batch whose estimated peak fits `budget_bytes` per device (the model's weights taken
     off first), times the number of replicas; and a sentence saying why (and what the implicit gradient of the
     smoothing would allow, when that is larger)."""
-    estimate = estimate_bytes_per_image(model, image_shape, attacks)
-    room = budget_bytes - weight_bytes(model)
+    forward = activation_bytes(model, image_shape)  # traced once, used by both estimates below
+    estimate = estimate_bytes_per_image(model, image_shape, attacks, forward)
+    weights = weight_bytes(model)
+    room = budget_bytes - weights
 
     def fit(per_image: float) -> int:
         return max(1, int(room // per_image)) * replicas
@@ -176,13 +187,19 @@ def choose_batch_size(model, image_shape, attacks: dict, budget_bytes: float, re
     )
     if estimate["smoothing"]:
         why += f", {estimate['attack']}'s smoothing ≈{estimate['smoothing'] / gib:.2f} GiB"
-    why += f") in {room / gib:.1f} GiB per device"
-    if room < estimate["total"]:
-        why += " — the budget is smaller than one image: running 1 per device anyway"
+    if room <= 0:
+        why += (
+            f") — the budget ({budget_bytes / gib:.2f} GiB) is smaller than the model's weights "
+            f"({weights / gib:.2f} GiB): running 1 per device anyway"
+        )
+    else:
+        why += f") in {room / gib:.2f} GiB per device after the weights"
+        if room < estimate["total"]:
+            why += " — the budget is smaller than one image: running 1 per device anyway"
     worst = attacks.get(estimate["attack"]) or {}
-    if estimate["smoothing"] and worst.get("cg_gradient", "autodiff") == "autodiff":
+    if estimate["attack"] in DIFFERENTIATED_SMOOTHING and worst.get("cg_gradient", "autodiff") == "autodiff":
         implicit = {name: {**p, "cg_gradient": "implicit"} for name, p in attacks.items()}
-        other = fit(estimate_bytes_per_image(model, image_shape, implicit)["total"])
+        other = fit(estimate_bytes_per_image(model, image_shape, implicit, forward)["total"])
         if other > batch:
             why += (
                 f"; the implicit gradient (--attack_params=cg_gradient=implicit: the exact solve's gradient, "

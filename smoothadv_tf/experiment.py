@@ -90,9 +90,13 @@ def batch_size(model, dataset) -> int:
     (devices.estimate_bytes_per_image, calibrated by scripts/bench_memory.py) fits --memory_budget_gb on each
     device (default 80 % of the device's memory), logged with the reasons."""
     if FLAGS.batch_size is not None:
+        if FLAGS.memory_budget_gb is not None:
+            logging.warning("--batch_size=%d given: --memory_budget_gb is not used", FLAGS.batch_size)
         return FLAGS.batch_size
     shape = dataset.images.shape[1:]
     if shape[0] * shape[1] <= SMALL_IMAGE_PIXELS:
+        if FLAGS.memory_budget_gb is not None:
+            logging.warning("images of at most 64x64 pixels: batches of 100, --memory_budget_gb is not used")
         return 100
     chosen = strategy()
     replicas = chosen.num_replicas_in_sync if chosen is not None else 1
@@ -446,6 +450,7 @@ def fit_labels(model, dataset):
 
 def load_data(dataset: str, image_size: int | None = None):
     """The test split; photo folders are resized to the model's input side (299, or a keras model's own)."""
+    strategy()  # the devices first: a --devices this machine lacks is refused before any data is read
     if image_size is None:
         kind, _, name = FLAGS.model.partition(":")
         image_size = KERAS_APPLICATIONS[name] if kind == "keras" else 299

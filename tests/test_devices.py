@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from smoothadv_tf import devices, evaluation, presets
@@ -89,13 +90,25 @@ def _inception_like(side: int):
     return keras.Model(inputs, outputs)
 
 
-def test_activation_count_follows_the_image_size():
-    """Every float tensor of one forward pass, from the traced graph: the three 8-channel feature maps dominate,
-    and the count scales with the pixels (a model built for any input size is costed at the size it gets)."""
+def test_activation_bytes_count_the_forward_tensors_not_the_weights():
+    """Every tensor of one forward pass, from the traced graph: the three 8-channel float32 feature maps
+    dominate, the count scales with the pixels (a model built for any input size is costed at the size it
+    gets), weights do not count (they do not grow with the batch), and float16 activations count half."""
+    import keras
+
     model = _inception_like(None)
-    small, large = devices.activation_floats(model, (64, 64, 3)), devices.activation_floats(model, (128, 128, 3))
-    assert small >= 3 * 64 * 64 * 8  # at least the three feature maps (plus bias adds and the input)
+    small, large = devices.activation_bytes(model, (64, 64, 3)), devices.activation_bytes(model, (128, 128, 3))
+    assert 4 * 3 * 64 * 64 * 8 <= small < 4 * 10 * 64 * 64 * 8  # the maps (+ bias adds, the input), not more
     assert large == pytest.approx(4 * small, rel=0.01)
+    heavy = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(100_000)])
+    assert devices.weight_bytes(heavy) > 25e6
+    assert devices.activation_bytes(heavy, (8, 8, 1)) < 2e6  # 400 kB of logits (and their bias add), no weights
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        half = _inception_like(None)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert devices.activation_bytes(half, (64, 64, 3)) < 0.75 * small
 
 
 def test_batch_size_fits_the_budget_and_names_the_implicit_gradient():
@@ -118,3 +131,26 @@ def test_batch_size_fits_the_budget_and_names_the_implicit_gradient():
     assert devices.choose_batch_size(model, shape, plain, budget)[0] > 10
     tiny, why_tiny = devices.choose_batch_size(model, shape, smooth, budget / 20)
     assert tiny == 1 and "smaller than one image" in why_tiny
+
+
+def test_run_experiment_runs_each_attack_per_replica_under_a_strategy(c4_model, fashion_test, tmp_path):
+    """evaluation.run_experiment(strategy=...) enters the strategy's scope and every attack loop then runs
+    through strategy.run (the distributed traced loop is built), with the records of a run without it."""
+    import tensorflow as tf
+
+    from smoothadv_tf import attacks
+
+    def run(strategy, name):
+        with evaluation.RecordStore(str(tmp_path / f"{name}.jsonl")) as store:
+            evaluation.run_experiment(
+                c4_model, fashion_test, ["fgsm", "smooth_pgd2_latent"], "mnist", store, np.arange(12), 5,
+                single_run=True, progress=False, overrides={"iterations": 3}, strategy=strategy,
+            )  # fmt: skip
+            return [{k: v for k, v in r.items()} for r in store.records]
+
+    plain = run(None, "plain")
+    assert not any(t._per_strategy for t in attacks._COMPILED[c4_model].values())
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    assert run(strategy, "mirrored") == plain
+    distributed = [t for t in attacks._COMPILED[c4_model].values() if strategy in t._per_strategy]
+    assert len(distributed) == 2  # both attacks' loops ran through strategy.run

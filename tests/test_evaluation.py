@@ -474,8 +474,12 @@ def test_magnify_script_shows_the_runs_the_records_kept(tmp_path):
         rec("i0", "fgsm", True, 1.0, 0.2),
         rec("i0", "carlini_wagner_l2", False, 0.25),
     ]
+    records[3]["ssim"] = 0.9876  # a record of a run that measured SSIM: shown; an older one: D only
     shown = magnify_script.attack_runs_to_show(str(images), "i0", records)
-    assert shown == [("fgsm-0.2", "FGSM\nD=1.00, success"), ("carlini_wagner_l2", "C&W\nD=0.25, failure")]
+    assert shown == [
+        ("fgsm-0.2", "FGSM\nD=1.00, SSIM=0.988, success"),
+        ("carlini_wagner_l2", "C&W\nD=0.25, failure"),
+    ]
     (images / "fgsm-0.2" / "i0.png").unlink()
     with pytest.raises(app.UsageError, match="fgsm-0.2/i0.png missing"):
         magnify_script.attack_runs_to_show(str(images), "i0", records)

@@ -51,7 +51,7 @@ def test_ddn_matches_foolbox_and_keeps_its_successes_in_8_bit(c4_model, fashion_
     and loses successes once its images are stored as 8-bit; ours judges the 8-bit image at every step."""
     import foolbox as fb
 
-    x, y = fashion_test.images[:60], fashion_test.labels[:60]
+    x, y = fashion_test.images[:40], fashion_test.labels[:40]
     ours = attacks.ddn(c4_model, x, y, **attacks.preset("mnist", "ddn"))
     peer = _judged(c4_model, x, y, _foolbox(c4_model, fb.attacks.DDNAttack(), x, y))
     peer_success, peer_d = peer["raw"]
@@ -70,7 +70,7 @@ def test_fmn_succeeds_in_8_bit_with_less_distortion_than_foolboxs(c4_model, fash
     first success and must find smaller perturbations on the images both fool, at full 8-bit success."""
     import foolbox as fb
 
-    x, y = fashion_test.images[:60], fashion_test.labels[:60]
+    x, y = fashion_test.images[:40], fashion_test.labels[:40]
     ours = attacks.fmn(c4_model, x, y, **attacks.preset("mnist", "fmn"))
     peer_success, peer_d = _judged(c4_model, x, y, _foolbox(c4_model, fb.attacks.L2FMNAttack(), x, y))["raw"]
     assert ours.p_suc >= 0.99 and ours.p_suc >= peer_success[ours.originally_correct].mean()
@@ -87,8 +87,11 @@ def test_smooth_twins_succeed_smoother_and_alone(plain, smooth, c4_model, fashio
     its plain twin's (smoothness score over the images both fool); the result of an image does not depend on
     its batch-mates; a misclassified image and a flat one are reported, finite, not attacked / not NaN."""
     x, y = fashion_test.images[:24].copy(), fashion_test.labels[:24].copy()
-    x[-1] = 0.5  # a flat image: the smoothing's graph has equal weights everywhere
+    x[-1] = 0.5  # a flat image: the smoothing's graph has equal weights everywhere; attacked w.r.t. C4's label
+    pred = np.argmax(c4_model(x).numpy(), -1)
+    y[-1], y[-2] = pred[-1], (pred[-2] + 1) % 10  # ... and a misclassified one, by design
     wrong = ~_correct(c4_model, x, y)
+    assert wrong[-2] and not wrong[-1]
     budget = {"iterations": 30} if plain != "pgd2" else {"epsilon": 3.0}
     a = attacks.run_attack(plain, c4_model, x, y, **attacks.preset("mnist", plain, **budget))
     b = attacks.run_attack(smooth, c4_model, x, y, **attacks.preset("mnist", smooth, **budget))
@@ -101,9 +104,12 @@ def test_smooth_twins_succeed_smoother_and_alone(plain, smooth, c4_model, fashio
     assert smooth_b < 0.5 * smooth_a, (smooth_a, smooth_b)
     if smooth == "smooth_pgd2_latent":  # the exact projection: within the ε-ball up to the 8-bit rounding
         assert (b.distortion <= 3.0 + 0.5 / 255 * np.sqrt(28 * 28) + 1e-6).all()
+    assert b.iterations[-1] > 0 and np.isfinite(b.adversarial[-1]).all()  # the flat image was attacked
+    # alone vs in the batch: the same decisions; distortions within 1e-3 (TF's kernels may round differently
+    # for another batch size, as in test_attacks.test_results_do_not_depend_on_batch_mates)
     alone = attacks.run_attack(smooth, c4_model, x[3:5], y[3:5], **attacks.preset("mnist", smooth, **budget))
-    np.testing.assert_allclose(alone.adversarial, b.adversarial[3:5], atol=1.5 / 255)
     assert np.array_equal(alone.success, b.success[3:5])
+    np.testing.assert_allclose(alone.distortion, b.distortion[3:5], atol=1e-3)
 
 
 def test_new_attacks_refuse_bad_budgets(c4_model, fashion_test):

@@ -183,12 +183,17 @@ class _Traced:
 
     def distributed(self, strategy) -> _Traced:
         """The loop run by every replica of `strategy` (``strategy.run`` inside one tf.function)."""
+        if not isinstance(strategy, (tf.distribute.MirroredStrategy, tf.distribute.OneDeviceStrategy)):
+            raise ValueError(
+                f"{type(strategy).__name__}: the attacks split batches over the devices of one process "
+                "(MirroredStrategy, OneDeviceStrategy); across machines, run shards (docs/cluster.md)"
+            )
         if strategy not in self._per_strategy:
-            fn = self.fn
+            fn, get_strategy = self.fn, weakref.ref(strategy)  # weak: the cache must not keep the strategy alive
 
             @tf.function
             def run(args, scalars):
-                return strategy.run(fn, args=(*args, *scalars))
+                return get_strategy().run(fn, args=(*args, *scalars))
 
             self._per_strategy[strategy] = _Traced(run)
         return self._per_strategy[strategy]

@@ -11,9 +11,11 @@ One loop, :func:`_rescaling_attack`, differing only by two choices:
 
 Every constraint is an L2 rescaling and ŝ_α is linear, so the smooth versions meet it exactly: each iteration
 first scales the variable so that ||r|| obeys the rule (ŝ_α(c·z) = c·ŝ_α(z): the scale comes from the r the
-forward pass computes anyway), then takes a step of L2 size α_k *on r's scale* in the direction of the
-normalised gradient with respect to the variable (for z: ŝ_αᵀ of the image gradient, eq. 19 — the smooth
-direction). Step sizes follow both papers' cosine annealing. An iterate is judged on its 8-bit image (the
+forward pass computes anyway), then steps along the normalised gradient with respect to the variable (for
+z: ŝ_αᵀ of the image gradient, eq. 19 — the smooth direction). For r = δ the step is α_k long; for z it is
+α_k·||z|| / ||r|| long (r before clipping), the step that keeps its *relative* size α_k / ||r|| the plain
+attack's — its effect on ||r|| is only approximately α_k, since ŝ_α shrinks some directions more than others.
+From z = 0 (no ratio yet) the first step's r is scaled to length α_0 exactly. Step sizes follow both papers' cosine annealing. An iterate is judged on its 8-bit image (the
 dynamics and the kept result alike), and the least-distortion adversarial 8-bit iterate is returned: DDN and
 FMN are minimum-norm attacks, so they keep their best iterate as C&W does.
 """
@@ -112,7 +114,7 @@ def _rescaling_attack(
                     total = tf.reduce_sum(objective(logits))
                 grad_v, grad_x = tape.gradient(total, [v, image])
                 v_now = image - x_o if latent is None else v * _per_image(scale)  # plain δ is kept clipped
-                r_norm = l2_norm(image - x_o)
+                r_length = raw_norm * scale  # ||r|| before clipping: the length the latent variable controls
                 judged = quantize(image) if quantize_output else image
                 adversarial = is_adversarial(logits_of(model, judged), goal, targeted) & originally_correct
                 distortion = l2_norm(judged - x_o)
@@ -140,8 +142,8 @@ def _rescaling_attack(
                 direction = tf.where(
                     _per_image(grad_norm > 0), grad / _per_image(tf.where(grad_norm > 0, grad_norm, ones)), 0.0
                 )
-                has_r = r_norm > 0
-                ratio = tf.where(has_r, l2_norm(v_now) / tf.where(has_r, r_norm, ones), ones) if latent else ones
+                has_r = r_length > 0
+                ratio = tf.where(has_r, l2_norm(v_now) / tf.where(has_r, r_length, ones), ones) if latent else ones
                 v_next = v_now + _per_image(step * ratio) * direction
                 pending_next = tf.where(has_r, tf.zeros_like(step * ones), step * ones)
                 freeze = done | (adversarial if rule == "pgd" else tf.zeros_like(done))

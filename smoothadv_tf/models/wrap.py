@@ -94,16 +94,22 @@ def from_saved_model(
 def saved_model_endpoints(path: str) -> tuple[list[str], list[str]]:
     """(signature names, names of the saved object's restored functions) of a SavedModel, read from its
     saved_model.pb without loading it."""
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
-    with open(f"{path}/saved_model.pb", "rb") as f:
-        proto.ParseFromString(f.read())
+    try:
+        with open(f"{path}/saved_model.pb", "rb") as f:
+            proto.ParseFromString(f.read())
+    except (OSError, DecodeError) as e:
+        raise ValueError(f"{path}/saved_model.pb: cannot read a SavedModel ({type(e).__name__}: {e})") from e
+    if not proto.meta_graphs:
+        raise ValueError(f"{path}/saved_model.pb: holds no graph")
     graph = proto.meta_graphs[0]
-    nodes = graph.object_graph_def.nodes
+    nodes = graph.object_graph_def.nodes  # empty in a TF1 SavedModel: signatures only
     functions = [
         child.local_name
-        for child in nodes[0].children
+        for child in (nodes[0].children if nodes else [])
         if nodes[child.node_id].WhichOneof("kind") in ("function", "bare_concrete_function")
     ]
     signatures = [name for name in graph.signature_def if name != "__saved_model_init_op"]  # TF's own, not a model

@@ -112,9 +112,11 @@ def batch_size(model, dataset) -> int:
         attack: evaluation.attack_runs(attack, preset_for(FLAGS.dataset), False, attack_overrides(), FLAGS.protocol)[0]
         for attack in check_attacks(FLAGS.attacks)
     }
-    size, why = devices.choose_batch_size(model, shape, runs, budget, replicas)
-    size = min(size, max(1, min(FLAGS.num_images, len(dataset))))
-    message = f"--batch_size not given: batches of {size} over {replicas} device(s), from {source}: {why}"
+    fits, why = devices.choose_batch_size(model, shape, runs, budget, replicas)
+    images = max(1, min(FLAGS.num_images, len(dataset)))
+    size = min(fits, images)
+    held = f" (all {images} images; the budget holds {fits})" if fits > images else ""
+    message = f"--batch_size not given: batches of {size}{held} over {replicas} device(s), from {source}: {why}"
     logging.info("%s", message)
     print(message, flush=True)
     return size

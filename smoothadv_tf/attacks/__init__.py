@@ -3,7 +3,7 @@ sPGD₂ on the latent z, DDN / sDDN and FMN / sFMN.
 
 Every attack takes a model (a Keras model or any callable mapping [0, 1] NHWC images to logits), images x in
 [0, 1] and their true labels y, works on the whole batch at once (each image keeps its own state), and returns
-an :class:`AttackResult`. All attacks are untargeted with the margin loss of eq. (3) unless `target` labels are
+an :class:`AttackResult`. All attacks are untargeted with the margin loss of eq. (3) (DDN: the cross-entropy) unless `target` labels are
 given. Success and distortion are judged on the 8-bit-quantised adversarial image (what a PNG stores; the
 authors' code did the same) unless ``quantize=False``. Distortion is the L2 norm on [0, 1] pixels.
 

@@ -225,7 +225,7 @@ def test_mixed_precision_model_gives_finite_correct_attacks(c4_model, batch):
         keras.mixed_precision.set_global_policy("float32")
     half.set_weights(c4_model.get_weights())
     assert half(x[:2]).dtype == "float16"
-    X
+    for name in (*attacks.PAPER_ATTACKS, "ddn", "smooth_pgd2_latent"):  # + the new loop, plain and smooth
         params = attacks.preset("mnist", name)
         if "iterations" in params:
             params["iterations"] = min(params["iterations"], 30)

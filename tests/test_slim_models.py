@@ -31,18 +31,20 @@ def test_inception_v3_matches_slim(slim_inception_v3, version):
 
 @pytest.mark.slow
 def test_inception_v3_as_a_saved_model_gives_slim_logits(slim_inception_v3, tmp_path):
-    """Our slim InceptionV3 exported as TF-Hub's TF2 models are (a callable object, no signature) and loaded
-    back by from_saved_model: the logits of the source model, which are tf_slim's own."""
+    """Our slim InceptionV3 exported both ways a SavedModel comes (with signatures, and as TF-Hub's TF2
+    models: a callable object without any), loaded back by from_saved_model: the logits of the source model,
+    which are tf_slim's own."""
     images, ref, paths = slim_inception_v3
     source = slim_models.inception_v3(paths["V2"])
     expected = source(images).numpy()
-    # without signatures only: the export with them is keras' own, checked on C4 (tests/test_models.py)
-    without = str(tmp_path / "no_signatures")
+    with_signatures, without = str(tmp_path / "signatures"), str(tmp_path / "no_signatures")
+    source.export(with_signatures, input_signature=[tf.TensorSpec([None, 299, 299, 3], tf.float32)], verbose=False)
     save_without_signatures(source, (299, 299, 3), without)
-    loaded = from_saved_model(without, num_classes=1001)
-    got = loaded(images).numpy()
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
-    assert _max_relative_error(got, ref) <= 1e-4
+    for path in (with_signatures, without):
+        loaded = from_saved_model(path, num_classes=1001)
+        got = loaded(images).numpy()
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        assert _max_relative_error(got, ref) <= 1e-4
 
 
 @pytest.mark.slow

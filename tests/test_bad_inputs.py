@@ -109,6 +109,7 @@ FLAG_CASES = [
         ["--model=keras:ResNet50", "--dataset=nips17", "--data_dir=OUT"],
         ["--dataset=nips17 holds 299x299 images and --model=keras:ResNet50 takes 224x224"],
     ),
+    ("white_box.py", ["--memory_budget_gb=0"], ["flag --memory_budget_gb=0"]),
     ("white_box.py", ["--devices=tpu:0"], ["flag --devices=", "'tpu:0' is not a device name"]),
     ("white_box.py", ["--devices=GPU:0,CPU:0"], ["flag --devices=", "name GPUs or CPUs, not both"]),
     ("white_box.py", ["--devices=CPU:0,cpu:0"], ["flag --devices=", "CPU:0,CPU:0: a device is named twice"]),

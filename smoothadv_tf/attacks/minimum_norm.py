@@ -112,7 +112,8 @@ def _rescaling_attack(
                     image = tf.clip_by_value(x_o + raw * _per_image(scale), 0.0, 1.0)
                     logits = logits_of(model, image)
                     total = tf.reduce_sum(objective(logits))
-                grad_v, grad_x = tape.gradient(total, [v, image])
+                # the plain step follows the image gradient (as foolbox's), the smooth one the latent's (eq. 19)
+                grad = tape.gradient(total, image if latent is None else v)
                 v_now = image - x_o if latent is None else v * _per_image(scale)  # plain δ is kept clipped
                 r_length = raw_norm * scale  # ||r|| before clipping: the length the latent variable controls
                 judged = quantize(image) if quantize_output else image
@@ -137,7 +138,6 @@ def _rescaling_attack(
                 new_eps = tf.minimum(new_eps, worst) if rule != "pgd" else new_eps
                 # A step of L2 size `step` on r's scale along the normalised gradient of the variable (for z: the
                 # image gradient smoothed by ŝ_αᵀ, eq. 19); from z = 0 its length is set by the next scaling.
-                grad = grad_x if latent is None else grad_v
                 grad_norm = l2_norm(grad)
                 direction = tf.where(
                     _per_image(grad_norm > 0), grad / _per_image(tf.where(grad_norm > 0, grad_norm, ones)), 0.0

@@ -1,5 +1,5 @@
-"""Put the two protocols' results of one experiment side by side: P_suc, D̄ and smoothness of every attack
-under `paper` and `strong`, and one operating-characteristic plot with both (paper solid, strong dashed).
+"""Put the two protocols' results of one experiment side by side: P_suc, D̄, SSIM, smoothness and ms/image
+of every attack under `paper` and `strong`, and one operating-characteristic plot with both (paper solid, strong dashed).
 
     python scripts/white_box.py --protocol=paper  ...   # then the same with --protocol=strong
     python scripts/compare_protocols.py --results_dir=results/white_box/fashion_mnist-c4
@@ -22,6 +22,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", None, "an experiment folder holding paper/ and strong/", required=True)
 
 PROTOCOLS = ("paper", "strong")
+COLUMNS = ("P_suc", "D̄", "SSIM", "smoothness", "ms/image")
 
 
 def main(_):
@@ -57,15 +58,14 @@ def main(_):
     judges = sorted({r.get("evaluated_on", "self") for r in records["paper"]})
     for judge in judges:
         summaries = {p: evaluation.summarize(records[p], judge) for p in PROTOCOLS}
-        best = {p: evaluation.best_records(records[p], judge) for p in PROTOCOLS}
         lines = [
             f"{FLAGS.results_dir}" + ("" if judge == "self" else f", judged on {judge}"),
             "",
             "accuracy "
             + ", ".join(f"{p} {summaries[p]['accuracy']:.4f} ({summaries[p]['images']} images)" for p in PROTOCOLS),
             "",
-            "| attack | P_suc paper | D̄ paper | smoothness paper | P_suc strong | D̄ strong | smoothness strong |",
-            "|---|---|---|---|---|---|---|",
+            "| attack | " + " | ".join(f"{column} {p}" for p in PROTOCOLS for column in COLUMNS) + " |",
+            "|---|" + "---|" * len(COLUMNS) * len(PROTOCOLS),
         ]
         for attack in attacks_lib.ATTACK_NAMES:
             cells = []
@@ -73,10 +73,16 @@ def main(_):
                 row = summaries[p]["attacks"].get(attack)
                 if row is None:
                     same = p == "strong" and attack not in attacks_lib.OPTIMALITY_ATTACKS and cells[0]
-                    cells += ["as paper" if same else "", "", ""]  # only C&W / sC&W differ between protocols
+                    # only C&W / sC&W differ between protocols
+                    cells += ["as paper" if same else ""] + [""] * (len(COLUMNS) - 1)
                     continue
-                s = [r["smoothness"] for r in best[p].get(attack, {}).values() if r is not None]
-                cells += [f"{row['p_suc']:.3f}", f"{row['mean_distortion']:.3f}", f"{np.mean(s):.3f}" if s else ""]
+                cells += [
+                    f"{row['p_suc']:.3f}",
+                    f"{row['mean_distortion']:.3f}",
+                    f"{row['mean_ssim']:.3f}" if row.get("n_ssim") else "n/a",
+                    f"{row['mean_smoothness']:.3f}" if row.get("n_smoothness") else "n/a",
+                    f"{row['ms_per_image']:.0f}" if row.get("n_timed") else "n/a",
+                ]
             if any(cells):
                 lines.append(f"| {attacks_lib.DISPLAY_NAMES[attack]} | " + " | ".join(cells) + " |")
         table = "\n".join(lines) + "\n"

@@ -9,6 +9,10 @@
   perceptibility fields of each attack record: smoothness (smoothing.smoothness), ssim and psnr
   (perceptibility; psnr null = +inf, the image is the original). The summary reports their means over the
   same least-distortion successful records as D̄ (:data:`PERCEPTIBILITY`).
+- Each attack record carries `seconds`: the wall-clock time of the attack call on its batch divided by the
+  images attacked in it (the first batch of a process includes tracing and compiling the loop). The summary's
+  ms_per_image is the whole attack's time per attacked image: all its ε runs, every attacked image (correct
+  or not), over the images whose records carry it.
 
 Per-image records are JSON lines appended and fsynced after each batch, so a killed run loses at most the
 batch in flight and a rerun skips what is recorded; the records file is locked against a second writer and
@@ -20,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -254,15 +259,28 @@ def _mean_over_present(best: Sequence[dict], field: str) -> tuple[float, int]:
     return (float(np.mean(values)) if values else float("nan")), len(values)
 
 
+def time_per_image(records: Sequence[dict], evaluated_on: str = "self") -> dict:
+    """{attack: (ms per attacked image, number of images timed)}: the `seconds` of all of an attack's records
+    (every ε run) summed per image, averaged over the images with timed records; (NaN, 0) when none is
+    timed (records of an older version)."""
+    per_image: dict = defaultdict(lambda: defaultdict(float))
+    for r in records:
+        if r["attack"] != "clean" and r.get("evaluated_on", "self") == evaluated_on and "seconds" in r:
+            per_image[r["attack"]][r["image_id"]] += r["seconds"]
+    return {a: (1000 * float(np.mean(list(per.values()))), len(per)) for a, per in per_image.items()}
+
+
 def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
     """Accuracy N/N' and, per attack, P_suc and conditional mean distortion D̄ (eq. 20), and the mean SSIM,
     PSNR (dB, the mean of per-image PSNRs) and smoothness over the same successful records:
     mean_ssim / mean_psnr / mean_smoothness, each with n_ssim / n_psnr / n_smoothness, the number of those
     records that carry the field (fewer than `successes` when some were recorded by an older version; then
-    the mean is over those only, and NaN when none carries it)."""
+    the mean is over those only, and NaN when none carries it); ms_per_image and n_timed from
+    :func:`time_per_image`."""
     clean = [r for r in records if r["attack"] == "clean" and r.get("evaluated_on", "self") == evaluated_on]
     n_total, n_correct = len(clean), sum(bool(r["correct"]) for r in clean)
     rows = {}
+    timing = time_per_image(records, evaluated_on)
     for attack, per_image in best_records(records, evaluated_on).items():
         best = [r for r in per_image.values() if r is not None]
         d = np.array([r["distortion"] for r in best], np.float64)
@@ -277,6 +295,8 @@ def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
             "mean_distortion": float(d.mean()) if len(d) else float("nan"),
             **{f"mean_{field}": mean for field, (mean, _) in means.items()},
             **{f"n_{field}": count for field, (_, count) in means.items()},
+            "ms_per_image": timing.get(attack, (float("nan"), 0))[0],
+            "n_timed": timing.get(attack, (float("nan"), 0))[1],
         }
     ordered = {a: rows[a] for a in presets.ATTACK_NAMES if a in rows}
     return {
@@ -306,6 +326,11 @@ def _perceptibility_cell(row: dict, field: str, fmt: str) -> str:
     return cell if count == row["successes"] else f"{cell} ({count}/{row['successes']})"
 
 
+def _time_cell(row: dict) -> str:
+    """ms per attacked image; "n/a" when no record is timed (records of an older version)."""
+    return f"{row['ms_per_image']:.1f}" if row.get("n_timed", 0) else "n/a"
+
+
 def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
     """summary.json, table.md and table.csv; returns the markdown table. The perceptibility columns (SSIM,
     PSNR, smoothness: means over the successes, as D̄) come after the older ones, which keep their order."""
@@ -316,14 +341,15 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
         "",
         f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['images']} images)",
         "",
-        "| attack | P_suc | D̄ | successes / N | SSIM | PSNR (dB) | smoothness |",
-        "|---|---|---|---|---|---|---|",
+        "| attack | P_suc | D̄ | successes / N | SSIM | PSNR (dB) | smoothness | ms/image |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["attacks"].values():
         lines.append(
             f"| {row['name']} | {row['p_suc']:.3f} | {row['mean_distortion']:.3f} | "
             f"{row['successes']}/{row['images']} | {_perceptibility_cell(row, 'ssim', '.3f')} | "
-            f"{_perceptibility_cell(row, 'psnr', '.2f')} | {_perceptibility_cell(row, 'smoothness', '.3f')} |"
+            f"{_perceptibility_cell(row, 'psnr', '.2f')} | {_perceptibility_cell(row, 'smoothness', '.3f')} | "
+            f"{_time_cell(row)} |"
         )
     if any(row.get(f"n_{f}", 0) < row["successes"] for row in summary["attacks"].values() for f in PERCEPTIBILITY):
         lines += [
@@ -331,12 +357,18 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
             "SSIM, PSNR, smoothness: n/a = no successful record carries the field (records of an older "
             "version); (k/n) = only k of the n successes carry it, and the mean is over those k.",
         ]
+    lines += [
+        "",
+        "ms/image: the attack's wall-clock time per attacked image (all its ε runs; tracing and compiling "
+        "included) on the machine and batch size of the run.",
+    ]
     table = "\n".join(lines).strip() + "\n"
     atomic_write(os.path.join(out_dir, "table.md"), table)
     rows = [
         ["attack", "p_suc", "mean_distortion", "successes", "images", "accuracy"]
         + [f"mean_{f}" for f in PERCEPTIBILITY]
         + [f"n_{f}" for f in PERCEPTIBILITY]
+        + ["ms_per_image", "n_timed"]
     ]
     rows += [
         [
@@ -349,6 +381,7 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
         ]
         + [f"{r.get(f'mean_{f}', float('nan')):.4f}" for f in PERCEPTIBILITY]
         + [r.get(f"n_{f}", 0) for f in PERCEPTIBILITY]
+        + [f"{r.get('ms_per_image', float('nan')):.1f}", r.get("n_timed", 0)]
         for r in summary["attacks"].values()
     ]
     tmp = os.path.join(out_dir, "table.csv.tmp")
@@ -507,7 +540,9 @@ def _run_experiment(
             bar.update(len(ids) - len(todo))
             if not todo:
                 continue
-            result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)
+            started = time.perf_counter()
+            result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)  # numpy: finished
+            seconds = (time.perf_counter() - started) / len(todo)
             # perceptibility of the judged (quantised) image, as D
             smooth = smoothness(result.adversarial - x[todo], x[todo]).numpy()
             ssim = perceptibility.ssim(x[todo], result.adversarial)
@@ -534,6 +569,7 @@ def _run_experiment(
                             "ssim": float(ssim[j]),
                             "psnr": perceptibility.psnr_for_json(psnr[j]),
                             "iterations": int(result.iterations[j]),
+                            "seconds": seconds,
                             **tags,
                         }
                     )

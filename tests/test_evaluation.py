@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -54,16 +55,19 @@ def test_summary_perceptibility_is_over_the_d_bar_records_and_tolerates_old_reco
     version (without the fields) are left out and counted, all-old gives NaN and n/a, never a crash."""
     import csv
 
-    def attack(image_id, name, success, d, target, ssim, psnr, smooth):
-        return {**rec(image_id, name, success, d, target), "ssim": ssim, "psnr": psnr, "smoothness": smooth}
+    def attack(image_id, name, success, d, target, ssim, psnr, smooth, seconds=None):
+        r = {**rec(image_id, name, success, d, target), "ssim": ssim, "psnr": psnr, "smoothness": smooth}
+        return r if seconds is None else {**r, "seconds": seconds}
 
     records = [rec(i, "clean") for i in "abc"]
     records += [
-        attack("a", "pgd2", True, 3.0, 3.0, 0.5, 20.0, 0.4),
-        attack("a", "pgd2", True, 2.0, 2.0, 0.7, 30.0, 0.2),  # the one D̄ takes for a
-        attack("b", "pgd2", False, 1.0, 1.0, 0.99, None, 0.0),  # failed (and identical: psnr null): not counted
-        attack("b", "pgd2", True, 4.0, 4.0, 0.3, 10.0, 0.6),
-        attack("c", "pgd2", False, 5.0, 5.0, 0.1, 5.0, 0.9),
+        # time per image sums the ε runs: a 0.03 s, b 0.07 s, c 0.05 s (failed images took time too)
+        attack("a", "pgd2", True, 3.0, 3.0, 0.5, 20.0, 0.4, 0.01),
+        attack("a", "pgd2", True, 2.0, 2.0, 0.7, 30.0, 0.2, 0.02),  # the one D̄ takes for a
+        attack("b", "pgd2", False, 1.0, 1.0, 0.99, None, 0.0, 0.03),  # failed (identical: psnr null): not in D̄
+        attack("b", "pgd2", True, 4.0, 4.0, 0.3, 10.0, 0.6, 0.04),
+        attack("c", "pgd2", False, 5.0, 5.0, 0.1, 5.0, 0.9, 0.05),
+        {**attack("c", "pgd2", True, 1.0, 5.0, 0.1, 5.0, 0.9, 9.0), "evaluated_on": "other"},  # another judge
         # FGSM: b's success comes from an older version (no ssim / psnr, but smoothness)
         attack("a", "fgsm", True, 1.0, 0.1, 0.8, 40.0, 0.5),
         {k: v for k, v in attack("b", "fgsm", True, 3.0, 0.1, 0, 0, 0.7).items() if k not in ("ssim", "psnr")},
@@ -78,20 +82,22 @@ def test_summary_perceptibility_is_over_the_d_bar_records_and_tolerates_old_reco
     assert pgd2["mean_distortion"] == pytest.approx(3.0)  # (2 + 4) / 2
     assert (pgd2["mean_ssim"], pgd2["mean_psnr"], pgd2["mean_smoothness"]) == pytest.approx((0.5, 20.0, 0.4))
     assert (pgd2["n_ssim"], pgd2["n_psnr"], pgd2["n_smoothness"]) == (2, 2, 2) == (pgd2["successes"],) * 3
+    assert (pgd2["ms_per_image"], pgd2["n_timed"]) == (pytest.approx(50.0), 3)
     fgsm = rows["fgsm"]
     assert (fgsm["successes"], fgsm["n_ssim"], fgsm["n_psnr"], fgsm["n_smoothness"]) == (2, 1, 1, 2)
     assert (fgsm["mean_ssim"], fgsm["mean_psnr"], fgsm["mean_smoothness"]) == pytest.approx((0.8, 40.0, 0.6))
     cw = rows["carlini_wagner_l2"]
     assert cw["successes"] == 1 and cw["mean_distortion"] == 1.5
     assert all(np.isnan(cw[f"mean_{f}"]) and cw[f"n_{f}"] == 0 for f in ("ssim", "psnr", "smoothness"))
+    assert np.isnan(cw["ms_per_image"]) and cw["n_timed"] == 0
     assert rows["ifgsm"]["successes"] == 0 and np.isnan(rows["ifgsm"]["mean_ssim"])
 
     table = evaluation.write_summary(evaluation.summarize(records), str(tmp_path), "test")
     lines = table.splitlines()
-    assert "| attack | P_suc | D̄ | successes / N | SSIM | PSNR (dB) | smoothness |" in lines
-    assert "| FGSM | 1.000 | 2.000 | 2/2 | 0.800 (1/2) | 40.00 (1/2) | 0.600 |" in lines
-    assert "| PGD2 | 0.667 | 3.000 | 2/3 | 0.500 | 20.00 | 0.400 |" in lines
-    assert "| C&W | 0.500 | 1.500 | 1/2 | n/a | n/a | n/a |" in lines
+    assert "| attack | P_suc | D̄ | successes / N | SSIM | PSNR (dB) | smoothness | ms/image |" in lines
+    assert "| FGSM | 1.000 | 2.000 | 2/2 | 0.800 (1/2) | 40.00 (1/2) | 0.600 | n/a |" in lines
+    assert "| PGD2 | 0.667 | 3.000 | 2/3 | 0.500 | 20.00 | 0.400 | 50.0 |" in lines
+    assert "| C&W | 0.500 | 1.500 | 1/2 | n/a | n/a | n/a | n/a |" in lines
     assert any("older version" in line for line in lines)
     with open(tmp_path / "table.csv") as f:
         table_csv = list(csv.DictReader(f))
@@ -100,15 +106,16 @@ def test_summary_perceptibility_is_over_the_d_bar_records_and_tolerates_old_reco
     by_name = {r["attack"]: r for r in table_csv}
     assert by_name["FGSM"]["mean_ssim"] == "0.8000" and by_name["FGSM"]["n_ssim"] == "1"
     assert by_name["C&W"]["mean_psnr"] == "nan" and by_name["C&W"]["n_psnr"] == "0"
+    assert (by_name["PGD2"]["ms_per_image"], by_name["PGD2"]["n_timed"]) == ("50.0", "3")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["attacks"]["pgd2"]["mean_psnr"] == 20.0 and np.isnan(
         summary["attacks"]["carlini_wagner_l2"]["mean_ssim"]
     )
 
     # records of an older version only: the table as before, with n/a
-    old = [{k: v for k, v in r.items() if k not in ("ssim", "psnr", "smoothness")} for r in records]
+    old = [{k: v for k, v in r.items() if k not in ("ssim", "psnr", "smoothness", "seconds")} for r in records]
     table = evaluation.write_summary(evaluation.summarize(old), str(tmp_path), "old")
-    assert "| PGD2 | 0.667 | 3.000 | 2/3 | n/a | n/a | n/a |" in table.splitlines()
+    assert "| PGD2 | 0.667 | 3.000 | 2/3 | n/a | n/a | n/a | n/a |" in table.splitlines()
 
 
 def test_run_experiment_records_perceptibility_of_the_judged_images(tmp_path, fashion_test, c4_model):
@@ -158,6 +165,13 @@ def test_run_experiment_records_perceptibility_of_the_judged_images(tmp_path, fa
     for field in ("ssim", "psnr", "smoothness"):
         assert row[f"mean_{field}"] == pytest.approx(np.mean([r[field] for r in best]), rel=1e-12)
     assert 0 < row["mean_ssim"] < 1 and np.isfinite(row["mean_psnr"])
+    # one batch per ε run: its time shared by the images; ms/image sums the six runs
+    per_run = defaultdict(set)
+    for r in attacked:
+        per_run[r["target"]].add(r["seconds"])
+    assert all(len(v) == 1 and next(iter(v)) > 0 for v in per_run.values()) and len(per_run) == 6
+    assert row["n_timed"] == len(indices)
+    assert row["ms_per_image"] == pytest.approx(1000 * sum(next(iter(v)) for v in per_run.values()))
 
 
 def test_shards_partition_the_images():
@@ -483,3 +497,35 @@ def test_magnify_script_shows_the_runs_the_records_kept(tmp_path):
     (images / "fgsm-0.2" / "i0.png").unlink()
     with pytest.raises(app.UsageError, match="fgsm-0.2/i0.png missing"):
         magnify_script.attack_runs_to_show(str(images), "i0", records)
+
+
+def test_compare_protocols_puts_both_runs_side_by_side(tmp_path):
+    """compare_protocols.py on crafted records of two runs that differ only in the protocol: each protocol's
+    P_suc, D̄, SSIM, smoothness and ms/image come from its own records; attacks the protocol does not change
+    read "as paper"; a column older records lack reads n/a."""
+    identity = {
+        "experiment": "white_box", "dataset": "fashion_mnist", "model": "c4", "weights": "w", "data": "d",
+        "attacks": {}, "preset": "mnist", "seed": 0,
+    }  # fmt: skip
+
+    def attack(image_id, name, d, ssim, smooth, seconds):
+        return {**rec(image_id, name, True, d), "ssim": ssim, "psnr": 30.0, "smoothness": smooth, "seconds": seconds}
+
+    runs = {
+        "paper": [rec("a", "clean"), rec("b", "clean"), attack("a", "carlini_wagner_l2", 2.0, 0.9, 0.4, 0.1)]
+        + [attack("b", "carlini_wagner_l2", 1.0, 0.7, 0.2, 0.1), rec("a", "pgd2", True, 3.0, 3.0)]
+        + [rec("b", "pgd2", False, 6.0, 6.0)],
+        "strong": [rec("a", "clean"), rec("b", "clean"), attack("a", "carlini_wagner_l2", 1.0, 0.95, 0.3, 0.5)]
+        + [attack("b", "carlini_wagner_l2", 0.5, 0.97, 0.1, 0.7)],
+    }
+    for protocol, records in runs.items():
+        (tmp_path / protocol).mkdir()
+        (tmp_path / protocol / "run.json").write_text(json.dumps({**identity, "protocol": protocol}))
+        (tmp_path / protocol / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "compare_protocols.py"), f"--results_dir={tmp_path}"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    lines = (tmp_path / "protocols.md").read_text().splitlines()
+    assert lines[4].startswith("| attack | P_suc paper | D̄ paper | SSIM paper | smoothness paper | ms/image paper |")
+    assert "| C&W | 1.000 | 1.500 | 0.800 | 0.300 | 100 | 1.000 | 0.750 | 0.960 | 0.200 | 600 |" in lines
+    assert "| PGD2 | 0.500 | 3.000 | n/a | n/a | n/a | as paper |  |  |  |  |" in lines
+    assert (tmp_path / "protocols_operating_characteristic.png").stat().st_size > 0

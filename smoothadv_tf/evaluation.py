@@ -260,14 +260,26 @@ def _mean_over_present(best: Sequence[dict], field: str) -> tuple[float, int]:
 
 
 def time_per_image(records: Sequence[dict], evaluated_on: str = "self") -> dict:
-    """{attack: (ms per attacked image, number of images timed)}: the `seconds` of all of an attack's records
-    (every ε run) summed per image, averaged over the images with timed records; (NaN, 0) when none is
-    timed (records of an older version)."""
+    """{attack: (ms per image, images timed, images left out)}: the `seconds` of all of an attack's records
+    (every ε run) summed per image, averaged over the images whose records all carry it. Every image of the
+    attack's batches counts (one the model already misclassifies costs a forward pass); an image with some
+    untimed runs (an older version's run resumed by this one) is left out rather than counted as faster.
+    NaN when no image is fully timed."""
     per_image: dict = defaultdict(lambda: defaultdict(float))
+    untimed: dict = defaultdict(set)
     for r in records:
-        if r["attack"] != "clean" and r.get("evaluated_on", "self") == evaluated_on and "seconds" in r:
+        if r["attack"] == "clean" or r.get("evaluated_on", "self") != evaluated_on:
+            continue
+        if "seconds" in r:
             per_image[r["attack"]][r["image_id"]] += r["seconds"]
-    return {a: (1000 * float(np.mean(list(per.values()))), len(per)) for a, per in per_image.items()}
+        else:
+            untimed[r["attack"]].add(r["image_id"])
+    timing = {}
+    for attack in set(per_image) | set(untimed):
+        seconds = [s for image, s in per_image[attack].items() if image not in untimed[attack]]
+        ms = 1000 * float(np.mean(seconds)) if seconds else float("nan")
+        timing[attack] = (ms, len(seconds), len(untimed[attack]))
+    return timing
 
 
 def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
@@ -275,7 +287,7 @@ def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
     PSNR (dB, the mean of per-image PSNRs) and smoothness over the same successful records:
     mean_ssim / mean_psnr / mean_smoothness, each with n_ssim / n_psnr / n_smoothness, the number of those
     records that carry the field (fewer than `successes` when some were recorded by an older version; then
-    the mean is over those only, and NaN when none carries it); ms_per_image and n_timed from
+    the mean is over those only, and NaN when none carries it); ms_per_image, n_timed and n_untimed from
     :func:`time_per_image`."""
     clean = [r for r in records if r["attack"] == "clean" and r.get("evaluated_on", "self") == evaluated_on]
     n_total, n_correct = len(clean), sum(bool(r["correct"]) for r in clean)
@@ -295,8 +307,7 @@ def summarize(records: Sequence[dict], evaluated_on: str = "self") -> dict:
             "mean_distortion": float(d.mean()) if len(d) else float("nan"),
             **{f"mean_{field}": mean for field, (mean, _) in means.items()},
             **{f"n_{field}": count for field, (_, count) in means.items()},
-            "ms_per_image": timing.get(attack, (float("nan"), 0))[0],
-            "n_timed": timing.get(attack, (float("nan"), 0))[1],
+            **dict(zip(("ms_per_image", "n_timed", "n_untimed"), timing.get(attack, (float("nan"), 0, 0)))),
         }
     ordered = {a: rows[a] for a in presets.ATTACK_NAMES if a in rows}
     return {
@@ -327,8 +338,13 @@ def _perceptibility_cell(row: dict, field: str, fmt: str) -> str:
 
 
 def _time_cell(row: dict) -> str:
-    """ms per attacked image; "n/a" when no record is timed (records of an older version)."""
-    return f"{row['ms_per_image']:.1f}" if row.get("n_timed", 0) else "n/a"
+    """ms per image; "n/a" when no image is timed (records of an older version); "ms (k/n)" when only k of
+    the n images with records are."""
+    count, left_out = row.get("n_timed", 0), row.get("n_untimed", 0)
+    if not count:
+        return "n/a"
+    cell = f"{row['ms_per_image']:.1f}"
+    return f"{cell} ({count}/{count + left_out})" if left_out else cell
 
 
 def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
@@ -357,18 +373,21 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
             "SSIM, PSNR, smoothness: n/a = no successful record carries the field (records of an older "
             "version); (k/n) = only k of the n successes carry it, and the mean is over those k.",
         ]
-    lines += [
-        "",
-        "ms/image: the attack's wall-clock time per attacked image (all its ε runs; tracing and compiling "
-        "included) on the machine and batch size of the run.",
-    ]
+    if any(row.get("n_timed", 0) for row in summary["attacks"].values()):
+        lines += [
+            "",
+            "ms/image: the attack's wall-clock time per image (all its ε runs; tracing and compiling included; "
+            "an image the model already misclassifies costs a forward pass) on the machine and batch size of "
+            "the run; n/a or (k/n): records of an older version carry no time, and the mean is over the k "
+            "images all of whose runs are timed.",
+        ]
     table = "\n".join(lines).strip() + "\n"
     atomic_write(os.path.join(out_dir, "table.md"), table)
     rows = [
         ["attack", "p_suc", "mean_distortion", "successes", "images", "accuracy"]
         + [f"mean_{f}" for f in PERCEPTIBILITY]
         + [f"n_{f}" for f in PERCEPTIBILITY]
-        + ["ms_per_image", "n_timed"]
+        + ["ms_per_image", "n_timed", "n_untimed"]
     ]
     rows += [
         [
@@ -381,7 +400,7 @@ def write_summary(summary: dict, out_dir: str, title: str = "") -> str:
         ]
         + [f"{r.get(f'mean_{f}', float('nan')):.4f}" for f in PERCEPTIBILITY]
         + [r.get(f"n_{f}", 0) for f in PERCEPTIBILITY]
-        + [f"{r.get('ms_per_image', float('nan')):.1f}", r.get("n_timed", 0)]
+        + [f"{r.get('ms_per_image', float('nan')):.1f}", r.get("n_timed", 0), r.get("n_untimed", 0)]
         for r in summary["attacks"].values()
     ]
     tmp = os.path.join(out_dir, "table.csv.tmp")

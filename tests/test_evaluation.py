@@ -74,15 +74,17 @@ def test_summary_perceptibility_is_over_the_d_bar_records_and_tolerates_old_reco
         # C&W: all records from an older version
         rec("a", "carlini_wagner_l2", True, 1.5),
         rec("b", "carlini_wagner_l2", False, 0.0),
-        # I-FGSM: no success at all
+        # I-FGSM: no success at all; a's runs are partly timed (an older run resumed by this version): left out
         attack("a", "ifgsm", False, 1.0, 0.1, 0.9, 35.0, 0.1),
+        attack("a", "ifgsm", False, 1.0, 0.2, 0.9, 35.0, 0.1, 0.1),
+        attack("b", "ifgsm", False, 1.0, 0.1, 0.9, 35.0, 0.1, 0.2),
     ]
     rows = evaluation.summarize(records)["attacks"]
     pgd2 = rows["pgd2"]
     assert pgd2["mean_distortion"] == pytest.approx(3.0)  # (2 + 4) / 2
     assert (pgd2["mean_ssim"], pgd2["mean_psnr"], pgd2["mean_smoothness"]) == pytest.approx((0.5, 20.0, 0.4))
     assert (pgd2["n_ssim"], pgd2["n_psnr"], pgd2["n_smoothness"]) == (2, 2, 2) == (pgd2["successes"],) * 3
-    assert (pgd2["ms_per_image"], pgd2["n_timed"]) == (pytest.approx(50.0), 3)
+    assert (pgd2["ms_per_image"], pgd2["n_timed"], pgd2["n_untimed"]) == (pytest.approx(50.0), 3, 0)
     fgsm = rows["fgsm"]
     assert (fgsm["successes"], fgsm["n_ssim"], fgsm["n_psnr"], fgsm["n_smoothness"]) == (2, 1, 1, 2)
     assert (fgsm["mean_ssim"], fgsm["mean_psnr"], fgsm["mean_smoothness"]) == pytest.approx((0.8, 40.0, 0.6))
@@ -91,6 +93,8 @@ def test_summary_perceptibility_is_over_the_d_bar_records_and_tolerates_old_reco
     assert all(np.isnan(cw[f"mean_{f}"]) and cw[f"n_{f}"] == 0 for f in ("ssim", "psnr", "smoothness"))
     assert np.isnan(cw["ms_per_image"]) and cw["n_timed"] == 0
     assert rows["ifgsm"]["successes"] == 0 and np.isnan(rows["ifgsm"]["mean_ssim"])
+    ifgsm = rows["ifgsm"]
+    assert (ifgsm["ms_per_image"], ifgsm["n_timed"], ifgsm["n_untimed"]) == (pytest.approx(200.0), 1, 1)
 
     table = evaluation.write_summary(evaluation.summarize(records), str(tmp_path), "test")
     lines = table.splitlines()
@@ -98,6 +102,7 @@ def test_summary_perceptibility_is_over_the_d_bar_records_and_tolerates_old_reco
     assert "| FGSM | 1.000 | 2.000 | 2/2 | 0.800 (1/2) | 40.00 (1/2) | 0.600 | n/a |" in lines
     assert "| PGD2 | 0.667 | 3.000 | 2/3 | 0.500 | 20.00 | 0.400 | 50.0 |" in lines
     assert "| C&W | 0.500 | 1.500 | 1/2 | n/a | n/a | n/a | n/a |" in lines
+    assert "| I-FGSM | 0.000 | nan | 0/2 | n/a | n/a | n/a | 200.0 (1/2) |" in lines
     assert any("older version" in line for line in lines)
     with open(tmp_path / "table.csv") as f:
         table_csv = list(csv.DictReader(f))
@@ -132,11 +137,13 @@ def test_run_experiment_records_perceptibility_of_the_judged_images(tmp_path, fa
     wrong = int(np.flatnonzero(predicted != fashion_test.labels[:200])[0])
     indices = np.array(sorted(set(range(19)) | {wrong}))
     path = str(tmp_path / "records.jsonl")
+    start = time.perf_counter()
     with evaluation.RecordStore(path) as store:
         evaluation.run_experiment(
             c4_model, fashion_test, ["fgsm"], "mnist", store, indices, batch_size=20,
             save_images_dir=str(tmp_path / "images"), progress=False,
         )  # fmt: skip
+    elapsed = time.perf_counter() - start
     records = evaluation.read_records(path)
     attacked = [r for r in records if r["attack"] == "fgsm"]
     assert len(attacked) == len(indices) * 6  # six ε runs
@@ -170,8 +177,9 @@ def test_run_experiment_records_perceptibility_of_the_judged_images(tmp_path, fa
     for r in attacked:
         per_run[r["target"]].add(r["seconds"])
     assert all(len(v) == 1 and next(iter(v)) > 0 for v in per_run.values()) and len(per_run) == 6
-    assert row["n_timed"] == len(indices)
+    assert (row["n_timed"], row["n_untimed"]) == (len(indices), 0)  # the misclassified image's call too
     assert row["ms_per_image"] == pytest.approx(1000 * sum(next(iter(v)) for v in per_run.values()))
+    assert 0 < row["ms_per_image"] * len(indices) / 1000 <= elapsed  # the attack calls, within the whole run
 
 
 def test_shards_partition_the_images():

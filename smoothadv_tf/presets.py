@@ -38,12 +38,12 @@ OPTIONS = {
     "smooth_pgd2": {**_GRADIENT, **_SMOOTHING},
     "smooth_carlini_wagner_l2": {**_OPTIMALITY, **_SMOOTHING},
     "smooth_pgd2_latent": {"epsilon": float, "step": float, "iterations": int, "margin": float, "quantize": bool,
-                           **_SMOOTHING},
+                           **_SMOOTHING, "direction": str},
     "ddn": {"iterations": int, "init_epsilon": float, "gamma": float, "quantize": bool},
     "fmn": {"iterations": int, "max_step": float, "min_step": float, "gamma": float, "quantize": bool},
 }  # fmt: skip
-OPTIONS["smooth_ddn"] = {**OPTIONS["ddn"], **_SMOOTHING}
-OPTIONS["smooth_fmn"] = {**OPTIONS["fmn"], **_SMOOTHING}
+OPTIONS["smooth_ddn"] = {**OPTIONS["ddn"], **_SMOOTHING, "direction": str}
+OPTIONS["smooth_fmn"] = {**OPTIONS["fmn"], **_SMOOTHING, "direction": str}
 NON_SCALAR_OPTIONS = {attack: ("target", "graph") if attack.startswith("smooth") else ("target",) for attack in OPTIONS}
 
 DISPLAY_NAMES = {
@@ -144,6 +144,7 @@ _CHOICES = {
     "solver": ("auto", "dense", "cg"),
     "cg_gradient": ("autodiff", "implicit"),
     "best_iterate": BEST_ITERATE_RULES,
+    "direction": ("latent", "image"),  # the smooth rescaling attacks' step (attacks/minimum_norm.py)
 }
 
 

@@ -51,12 +51,28 @@ def fashion_test():
 
 
 @pytest.fixture(scope="session")
-def c4_model(fashion_test):
-    """A C4 trained for one epoch on half of real Fashion-MNIST's training split (~10 s)."""
+def c4_model(fashion_test, tmp_path_factory):
+    """A C4 trained for one epoch on half of real Fashion-MNIST's training split (~40 s). Under xdist the first
+    worker trains and saves it in the session's shared temporary folder, the others load it (a file lock)."""
+    import fcntl
+
+    import keras
+
     from smoothadv_tf.models import accuracy, train_c4
 
-    train = data.load_fashion_mnist("train")
-    model = train_c4(train.images[:30000], train.labels[:30000], epochs=1, batch_size=128, seed=0)
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # one folder per session, common to its workers
+    path = shared / "c4_session.keras"
+    with open(shared / "c4_session.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            model = keras.models.load_model(path)
+        else:
+            train = data.load_fashion_mnist("train")
+            model = train_c4(train.images[:30000], train.labels[:30000], epochs=1, batch_size=128, seed=0)
+            model.save(path.with_suffix(".tmp.keras"))
+            os.replace(path.with_suffix(".tmp.keras"), path)
     acc = accuracy(model, fashion_test.images[:2000], fashion_test.labels[:2000])
     assert acc > 0.75, acc  # a real classifier, not chance
     return model

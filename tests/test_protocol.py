@@ -156,7 +156,7 @@ def _table(model, x, y, protocol, tmp_path, names=("pgd2", "carlini_wagner_l2", 
 def test_findings_depend_on_the_protocol(c4_model, hundred, tmp_path):
     """Paper §5.3 on real Fashion-MNIST: under the authors' protocol sC&W needs clearly less distortion than C&W
     and the PGD₂ sweep less than C&W; under the strong protocol the two C&W variants are within a few percent."""
-    x, y = hundred
+    x, y = (v[:50] for v in hundred)  # the findings' margins hold on half of them (~150 s less on 2 cores)
     paper = _table(c4_model, x, y, "paper", tmp_path)
     assert paper["smooth_carlini_wagner_l2"] < 0.9 * paper["carlini_wagner_l2"], paper
     assert paper["pgd2"] < paper["carlini_wagner_l2"], paper

@@ -96,7 +96,8 @@ def main(_):
             (v for o in outcomes.values() for per in o.values() for v in per.values() if v is not None), default=1.0
         )
         grid = np.linspace(0, d_max * 1.02, 400)
-        colors = {a: f"C{k}" for k, a in enumerate(attacks_lib.ATTACK_NAMES)}
+        # one colour per attack (the style tells the protocol): the ten of matplotlib's cycle, then black
+        colors = {a: f"C{k}" if k < 10 else "black" for k, a in enumerate(attacks_lib.ATTACK_NAMES)}
         for p, style in (("paper", "-"), ("strong", "--")):
             for attack, per in outcomes[p].items():
                 if p == "strong" and attack not in attacks_lib.OPTIMALITY_ATTACKS:

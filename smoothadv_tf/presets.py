@@ -15,6 +15,7 @@ PAPER_ATTACKS = ("fgsm", "ifgsm", "pgd2", "carlini_wagner_l2", "smooth_pgd2", "s
 EXTRA_ATTACKS = ("smooth_pgd2_latent", "ddn", "smooth_ddn", "fmn", "smooth_fmn")
 ATTACK_NAMES = PAPER_ATTACKS + EXTRA_ATTACKS
 BEST_ITERATE_RULES = ("misclassified", "margin")
+DIRECTIONS = ("latent", "image")  # the step of the smooth rescaling attacks (attacks/minimum_norm.py)
 
 # The scalar keyword options of each attack and their types (tests/test_attacks.py checks this table against
 # the attack functions' signatures). Every attack also takes `target` (labels); the smooth ones take `graph`.
@@ -144,7 +145,7 @@ _CHOICES = {
     "solver": ("auto", "dense", "cg"),
     "cg_gradient": ("autodiff", "implicit"),
     "best_iterate": BEST_ITERATE_RULES,
-    "direction": ("latent", "image"),  # the smooth rescaling attacks' step (attacks/minimum_norm.py)
+    "direction": DIRECTIONS,
 }
 
 

@@ -1,6 +1,15 @@
-"""Merge the per-shard records of one experiment folder and recompute its tables and curves.
+"""Merge the per-shard records of one experiment folder into its records.jsonl and recompute its tables and curves.
 
 python scripts/merge_results.py --results_dir=results/white_box/fashion_mnist-c4/paper
+
+The shard records are added to the records already in records.jsonl (an earlier run with other attacks, an
+earlier merge, an unsharded resume), by record key: nothing in the folder is lost. Refused (exit 2, nothing
+written): a missing or unfinished shard, shards of different --num_shards, shards whose records are not one
+--attacks / --num_images run over every shard (evaluation.shard_coverage_problem), records of another run than
+the folder's run.json, and a key whose shard record differs from the recorded one (evaluation.record_conflict;
+the wall-clock `seconds` aside). records.jsonl is replaced atomically (fsynced, then renamed); only then are
+the merged shard files removed, so the folder holds each record once and a later sharded run of any
+--num_shards merges the same way.
 """
 
 import glob
@@ -27,29 +36,48 @@ def main(_):
     missing = sorted(set(range(counts.pop())) - {int(m.group(1)) for m in shards})
     if missing:
         raise app.UsageError(f"{FLAGS.results_dir}: shards {missing} have not run (no records file)")
-    merged, seen, stores = [], set(), []
     target = os.path.join(FLAGS.results_dir, "records.jsonl")
     locks = [evaluation.writer_lock(target)]  # nobody appends to the file being replaced
     try:
-        for path in paths:
-            stores.append(evaluation.RecordStore(path))  # refused while a shard is still being written
-            for r in stores[-1].records:
-                key = evaluation.record_key(r)
-                if key in seen:
-                    raise app.UsageError(
-                        f"{path}: record {key} also appears in another shard (shard files of different --num_shards?)"
-                    )
-                seen.add(key)
-                merged.append(r)
+        # refused while a shard is still being written; read without repairing, so a refusal writes nothing
+        locks += [evaluation.writer_lock(p) for p in paths]
+        existing = evaluation.read_records(target) if os.path.exists(target) else []
+        shard_records = [(p, evaluation.read_records(p)) for p in paths]
+        targets = check_run(existing, shard_records)
+        problem = evaluation.shard_coverage_problem([records for _, records in shard_records], targets)
+        if problem:
+            raise evaluation.RecordsError(f"{FLAGS.results_dir}: {problem}")
+        merged = evaluation.merge_records(existing, shard_records)
         evaluation.atomic_write(target, "".join(json.dumps(r) + "\n" for r in merged))
+        for path in paths:  # every record is in records.jsonl, on disk
+            os.remove(path)
     finally:
-        for held in [*stores, *locks]:
+        for held in locks:
             held.close()
     judges = sorted({r.get("evaluated_on", "self") for r in merged})
     for judge in judges:
         suffix = "" if judge == "self" else judge
         print(experiment.report(merged, FLAGS.results_dir, f"{FLAGS.results_dir} ({judge})", judge, suffix))
-    print(f"merged {len(paths)} shards, {len(merged)} records -> {FLAGS.results_dir}")
+    added = len(merged) - len(existing)
+    print(f"merged {len(paths)} shards: {added} new records, {len(merged)} in all -> {target} (shard files removed)")
+
+
+def check_run(existing: list[dict], shard_records: list[tuple[str, list[dict]]]) -> dict | None:
+    """With a run.json in the folder: refuse records of another run (their run_id), and return each attack's
+    targets there ({attack: [target, ...]}) for the coverage check; None without a run.json."""
+    path = os.path.join(FLAGS.results_dir, "run.json")
+    if not os.path.exists(path):
+        return None
+    identity = experiment.read_run_identity(path)
+    rid = experiment.run_id(identity)
+    for source, records in [(os.path.join(FLAGS.results_dir, "records.jsonl"), existing), *shard_records]:
+        other = next((r["run_id"] for r in records if r.get("run_id") not in (None, rid)), None)
+        if other is not None:
+            raise evaluation.RecordsError(f"{source}: records of run {other}, but {path} is run {rid}: another run")
+    return {
+        attack: [p.get("epsilon") if attack in evaluation.DISTORTION_TARGETING else None for p in runs]
+        for attack, runs in identity["attacks"].items()
+    }
 
 
 if __name__ == "__main__":

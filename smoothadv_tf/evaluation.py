@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from collections import defaultdict
@@ -59,6 +60,46 @@ def shard_indices(num_images: int, num_shards: int = 1, shard_index: int = 0) ->
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"--num_shards={num_shards}, --shard_index={shard_index}: need 0 <= index < shards")
     return np.arange(num_images)[np.arange(num_images) % num_shards == shard_index]
+
+
+def shard_coverage_problem(shards: Sequence[Sequence[dict]], targets: dict | None = None) -> str | None:
+    """Why the records of shards 0..N-1 are not what running every shard with one --attacks and one
+    --num_images leaves (None if they are). For the clean records and each (judge, attack, target), shard i
+    must hold records of len(range(i, M, N)) images for one M (shard_indices): a shard that ran other attacks or
+    another --num_images, or stopped early, breaks that. Within a shard, an image attacked by a distortion-
+    targeting attack must have every target run: those of `targets` ({attack: [target, ...]}, the run's
+    run.json) where given, else every target any shard holds."""
+    n = len(shards)
+    images: dict = defaultdict(lambda: [set() for _ in range(n)])
+    for i, records in enumerate(shards):
+        for r in records:
+            images[(r.get("evaluated_on", "self"), r["attack"], r.get("target"))][i].add(r["image_id"])
+    known = defaultdict(set)
+    for judge, attack, target in images:
+        known[(judge, attack)].add(target)
+    for (judge, attack), found in sorted(known.items()):
+        expected = set((targets or {}).get(attack, ())) or found
+        for i in range(n):
+            attacked = set().union(*(images[(judge, attack, t)][i] for t in found))
+            for target in sorted(expected, key=str):
+                missing = attacked - images[(judge, attack, target)][i]
+                if missing:
+                    return (
+                        f"shard {i} has {attack} records of {len(missing)} image(s) without target {target} "
+                        f"(e.g. {sorted(missing)[0]}): it stopped early; rerun it with the same flags"
+                    )
+    for (judge, attack, target), per_shard in sorted(images.items(), key=str):
+        counts = [len(ids) for ids in per_shard]
+        expected = [len(range(i, sum(counts), n)) for i in range(n)]
+        if counts != expected:
+            what = "clean" if attack == "clean" else f"{attack}" + ("" if target is None else f" (target {target})")
+            what += "" if judge == "self" else f" judged on {judge}"
+            return (
+                f"the shards hold {what} records of {counts} images, not one --num_images split over {n} shards "
+                f"({expected} for {sum(counts)}): a shard ran with other --attacks or --num_images, or stopped "
+                "early; rerun it with the flags of the others"
+            )
+    return None
 
 
 def attack_runs(
@@ -195,6 +236,54 @@ def repair_records(path: str) -> int:
 
 def record_key(r: dict):
     return (r.get("evaluated_on", "self"), r["image_id"], r["attack"], r.get("target"))
+
+
+WALL_CLOCK_FIELDS = ("seconds",)  # two runs of one computation never share these
+# Relative tolerance on float fields of two records of one key: TF's kernels may round differently for another
+# batch composition (a shard or a resume batches the images differently), by far less than this.
+FLOAT_TOLERANCE = 1e-4
+
+
+def record_conflict(a: dict, b: dict) -> str | None:
+    """Why two records of one key are not the same outcome (None if they are): the fields both carry must be
+    equal, floats within FLOAT_TOLERANCE relative, wall-clock fields aside. A field only one carries (a record
+    of an older version) is not a difference."""
+    for field in sorted((set(a) & set(b)) - set(WALL_CLOCK_FIELDS)):
+        x, y = a[field], b[field]
+        if isinstance(x, float) and isinstance(y, float):
+            same = math.isclose(x, y, rel_tol=FLOAT_TOLERANCE, abs_tol=1e-6)
+        else:
+            same = x == y and type(x) is type(y)
+        if not same:
+            return f"{field} {x!r} vs {y!r}"
+    return None
+
+
+def merge_records(existing: Sequence[dict], shards: Sequence[tuple[str, Sequence[dict]]]) -> list[dict]:
+    """`existing` (records.jsonl) followed by the records of `shards` ((path, records) pairs) it lacks, by
+    record_key. Raises RecordsError for a key in two shards (shards own disjoint images) or a key whose shard
+    record differs from the existing one (record_conflict); an equal duplicate keeps the existing record."""
+    merged = list(existing)
+    index = {record_key(r): r for r in existing}
+    owner: dict = {}
+    for path, records in shards:
+        for r in records:
+            key = record_key(r)
+            if key in owner:
+                where = "twice" if owner[key] == path else f"also in {owner[key]} (shards of different --num_shards?)"
+                raise RecordsError(f"{path}: record {key} appears {where}")
+            owner[key] = path
+            if key in index:
+                conflict = record_conflict(index[key], r)
+                if conflict:
+                    raise RecordsError(
+                        f"{path}: record {key} differs from the one in records.jsonl ({conflict}); "
+                        "remove the one that should not count"
+                    )
+                continue
+            index[key] = r
+            merged.append(r)
+    return merged
 
 
 def read_records(path: str, warn: bool = True) -> list[dict]:
@@ -415,7 +504,14 @@ def atomic_write(path: str, text: str) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"  # per process: shards writing the same file never share a temporary
     with open(tmp, "w") as f:
         f.write(text)
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the rename: a crash never leaves the new name with no content
     os.replace(tmp, path)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself
+    finally:
+        os.close(folder)
 
 
 def plot_operating_characteristic(

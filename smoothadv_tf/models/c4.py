@@ -55,7 +55,10 @@ def train_c4(
     adversarial_fraction: float = 0.5,
     adversarial_weight: float = 0.3,
 ) -> keras.Model:
-    """Train C4 with Adam on (images in [0,1], int labels); optionally step-l.l adversarial training."""
+    """Train C4 with Adam on (images in [0,1], int labels); optionally step-l.l adversarial training.
+    Batches are whole (the last partial one of an epoch is left out), so `batch_size` may not exceed the images."""
+    if not 1 <= batch_size <= len(train_images):
+        raise ValueError(f"batch_size={batch_size}: need 1..{len(train_images)} (the training images)")
     keras.utils.set_random_seed(seed)
     model = c4(int(train_labels.max()) + 1, train_images.shape[1:])
     optimizer = keras.optimizers.Adam(learning_rate)

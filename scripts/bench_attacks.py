@@ -14,10 +14,9 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
-from smoothadv_tf import attacks, experiment
+from smoothadv_tf import experiment  # TensorFlow-free: flags are checked before TensorFlow is imported
 from smoothadv_tf.data import load_fashion_mnist
 
 FLAGS = flags.FLAGS
@@ -56,6 +55,8 @@ def model_floor(model, x, y) -> dict:
     Both C&W implementations must pay it at every iteration, so foolbox's time over this floor is the most
     any implementation could gain over foolbox with the same model and TF kernels.
     """
+    import tensorflow as tf
+
     xt, yt = tf.constant(x), tf.constant(y)
 
     @tf.function
@@ -79,6 +80,9 @@ def model_floor(model, x, y) -> dict:
 
 def peer_comparison(model, x, y):
     import foolbox as fb
+    import tensorflow as tf
+
+    from smoothadv_tf import attacks
 
     fmodel = fb.TensorFlowModel(model, bounds=(0, 1))
     budget = dict(
@@ -161,6 +165,9 @@ def paper_protocol_comparison(model, x, y) -> list[dict]:
     images. foolbox runs with its batch-level early abort (as the authors' cleverhans did) and without it; ours
     as the protocol runs it (no abort) and with the per-image abort, to show why the protocol leaves it off."""
     import foolbox as fb
+    import tensorflow as tf
+
+    from smoothadv_tf import attacks
 
     fmodel = fb.TensorFlowModel(model, bounds=(0, 1))
     paper = attacks.preset("mnist", "carlini_wagner_l2", "paper")
@@ -203,6 +210,7 @@ def smoothing_cost_on_inception(num_images: int, rounds: int) -> dict:
     final evaluation cancel. All runs are interleaved round by round and medians are reported, since the
     2-core machine here has slow spells lasting tens of seconds.
     """
+    from smoothadv_tf import attacks
     from smoothadv_tf.models import slim
 
     model = slim.inception_v3()
@@ -242,6 +250,8 @@ def smoothing_cost_on_inception(num_images: int, rounds: int) -> dict:
 
 
 def main(_):
+    import tensorflow as tf
+
     results = {"device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"}
     if not FLAGS.skip_peer:
         model = experiment.load_model("c4", "fashion_mnist", FLAGS.checkpoint)

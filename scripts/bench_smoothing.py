@@ -24,11 +24,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import scipy.sparse.linalg as sla  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
 from smoothadv_tf.cli import run_script  # noqa: E402
-from smoothadv_tf.smoothing import Smoother  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 299, "image side (pixels)", lower_bound=2)
@@ -86,6 +84,8 @@ def _timed(fn) -> float:
 
 def scipy_cg(x: np.ndarray, z: np.ndarray, alpha: float, iterations: int):
     """A function running scipy's CG on image 0's L_α (the identical graph), one channel at a time."""
+    from smoothadv_tf.smoothing import Smoother
+
     smoother = Smoother(x[:1], alpha=alpha, iterations=1)
     w = smoother.graph.to_scipy(0)
     deg = np.maximum(np.asarray(w.sum(axis=1)).ravel(), 1e-20)
@@ -101,6 +101,10 @@ def scipy_cg(x: np.ndarray, z: np.ndarray, alpha: float, iterations: int):
 
 
 def main(_):
+    import tensorflow as tf
+
+    from smoothadv_tf.smoothing import Smoother
+
     gpus = tf.config.list_physical_devices("GPU")
     device = f"GPU ({gpus[0].name})" if gpus else f"CPU ({os.cpu_count()} cores)"
     results = {

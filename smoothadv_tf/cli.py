@@ -1,13 +1,28 @@
-"""What every script shares before TensorFlow is imported: the error type for bad input and ``run_script``.
+"""What every script shares before TensorFlow is imported: the error type for bad input, ``run_script`` and the
+quiet start of TensorFlow.
 
 Bad input (a flag, a data file, a checkpoint, a records file) is reported as one line on stderr naming the
-argument or file and the problem, with exit status 2 — never a traceback.
+argument or file and the problem, with exit status 2 — never a traceback, and never behind TensorFlow's
+start-up notices.
+
+Why the notices need more than ``TF_CPP_MIN_LOG_LEVEL`` (TensorFlow 2.21): its native libraries log through
+absl, and what they log while they load — before anything calls ``absl::InitializeLog()`` — is written straight
+to file descriptor 2 whatever the variable says (``port.cc``'s oneDNN notice, ``cudart_stub.cc``,
+``cpu_feature_guard.cc``; measured: present with ``TF_CPP_MIN_LOG_LEVEL=3``). Platform start-up then logs
+``failed call to cuInit: ... CUDA error`` on machines with CUDA libraries and no GPU. So a script, unless asked
+for ``--verbosity`` >= 1, points descriptor 2 at a scratch file while ``tensorflow`` is imported and its
+platforms are listed (what it said is shown if that fails), and sets ``TF_CPP_MIN_LOG_LEVEL=3`` where the user
+has not set it (the later notices, e.g. XLA's, honour it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
 import os
 import sys
+import tempfile
 
 from absl import app, flags
 
@@ -19,7 +34,8 @@ class InputError(ValueError):
 def run_script(main) -> None:
     """``app.run(main)``, with flag-parsing errors (bad value, bound or enum, unknown flag), ``app.UsageError``
     and :class:`InputError` reported as one line on stderr and exit status 2 instead of absl's help text or a
-    traceback (``--verbosity=1`` lets absl report errors raised in main as usual)."""
+    traceback; TensorFlow starts quietly (:func:`quiet_tensorflow_start`). ``--verbosity=1`` shows TensorFlow's
+    start-up notices and lets absl report errors raised in main as usual."""
     FLAGS = flags.FLAGS
 
     def fail(error) -> None:
@@ -28,9 +44,12 @@ def run_script(main) -> None:
 
     def parse(argv):
         try:
-            return FLAGS(argv)  # before any work
+            rest = FLAGS(argv)  # before any work
         except flags.Error as e:
             fail(e)
+        if FLAGS.verbosity <= 0:
+            quiet_tensorflow_start()
+        return rest
 
     def guarded(argv):
         try:
@@ -41,6 +60,57 @@ def run_script(main) -> None:
             fail(e)
 
     app.run(guarded, flags_parser=parse)
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Send what native code writes to file descriptor 2 to a scratch file for the duration; if the body
+    raises, what was written is shown after all (it may say why)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Import finder that runs the first ``import tensorflow`` (and the listing of its platforms, which starts
+    them) inside :func:`native_stderr_silenced`, then steps aside."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return spec
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            with native_stderr_silenced():
+                run_module(module)
+                module.config.list_physical_devices()  # platform start-up (cuInit); devices stay configurable
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def quiet_tensorflow_start() -> None:
+    """Keep TensorFlow's start-up notices off the terminal for this process (see the module docstring). Has no
+    effect once TensorFlow is imported: scripts import it only after their flags are checked."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def check_writable(flag: str, path: str) -> None:

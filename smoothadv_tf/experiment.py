@@ -221,6 +221,8 @@ def validate_common_flags() -> None:
             f"--model={FLAGS.model} --dataset={FLAGS.dataset}: a C4 is trained here only on mnist / fashion_mnist; "
             "pass --checkpoint with a model for these images"
         )
+    if FLAGS.dataset in ("nips17", "folder") and FLAGS.data_dir is None:
+        raise app.UsageError(f"--dataset={FLAGS.dataset} needs --data_dir")
     check_writable("--output_dir", FLAGS.output_dir)
     check_c4_file("--checkpoint", FLAGS.checkpoint, FLAGS.model)
     kind, _, name = FLAGS.model.partition(":")
@@ -231,6 +233,8 @@ def validate_common_flags() -> None:
         )
     if FLAGS.model.startswith("keras:") and FLAGS.checkpoint and not os.path.isfile(FLAGS.checkpoint):
         raise app.UsageError(f"--checkpoint={FLAGS.checkpoint}: no such weights file for --model={FLAGS.model}")
+    if FLAGS.data_dir is not None and not os.path.isdir(FLAGS.data_dir):  # the files in it: when it is read
+        raise app.UsageError(f"--data_dir={FLAGS.data_dir}: no such directory")
 
 
 def check_c4_file(flag: str, path: str | None, model: str) -> None:
@@ -451,12 +455,14 @@ def fit_labels(model, dataset):
 
 
 def load_data(dataset: str, image_size: int | None = None):
-    """The test split; photo folders are resized to the model's input side (299, or a keras model's own)."""
-    strategy()  # the devices first: a --devices this machine lacks is refused before any data is read
+    """The test split; photo folders are resized to the model's input side (299, or a keras model's own). Read
+    before TensorFlow is imported (a bad file is one line, fast); then the devices are checked."""
     if image_size is None:
         kind, _, name = FLAGS.model.partition(":")
         image_size = KERAS_APPLICATIONS[name] if kind == "keras" else 299
-    return data_lib.load_dataset(dataset, FLAGS.data_dir, "test", image_size)
+    loaded = data_lib.load_dataset(dataset, FLAGS.data_dir, "test", image_size)
+    strategy()  # a --devices this machine lacks is refused before any model is loaded or trained
+    return loaded
 
 
 def output_dir(experiment: str, dataset: str, model: str, protocol: str | None = None) -> str:
@@ -629,9 +635,9 @@ def run(
     except BaseException:
         lock.close()
         raise
-    logging.info("run %s (protocol %s) in %s", rid, FLAGS.protocol, out_dir)
     indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, shard_index())
     with evaluation.RecordStore(records_path(out_dir), lock=lock) as store:
+        logging.info("run %s (protocol %s) in %s", rid, FLAGS.protocol, out_dir)  # once its records are readable
         evaluation.run_experiment(
             model,
             dataset,

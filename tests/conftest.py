@@ -1,8 +1,11 @@
-"""Shared fixtures: real data (Fashion-MNIST IDX files, scikit-image photos) and the tf_slim oracle shim."""
+"""Shared fixtures: real data (Fashion-MNIST IDX files, scikit-image photos), the tf_slim oracle shim, and
+scripts run as a user runs them, with TensorFlow loud."""
 
 from __future__ import annotations
 
+import ast
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -13,6 +16,36 @@ import pytest  # noqa: E402
 from smoothadv_tf import data  # noqa: E402
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOUD_DIR = os.path.join(ROOT, "tests", "loud")
+
+
+def _loud_startup_notice() -> str:
+    """The line tests/loud/sitecustomize.py writes at interpreter start-up (read, not imported: importing it
+    would make this process loud)."""
+    with open(os.path.join(LOUD_DIR, "sitecustomize.py")) as f:
+        module = ast.parse(f.read())
+    for node in module.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "STARTUP_NOTICE":
+            return ast.literal_eval(node.value)
+    raise AssertionError("tests/loud/sitecustomize.py defines no STARTUP_NOTICE")
+
+
+LOUD_STARTUP_NOTICE = _loud_startup_notice()
+# TensorFlow as loud as any machine makes it: every native log level, oneDNN on (its notice is printed before
+# absl is initialised, whatever TF_CPP_MIN_LOG_LEVEL says), and TensorFlow-like notices injected at start-up
+# and at TensorFlow's import (tests/loud/sitecustomize.py).
+LOUD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "1", "PYTHONPATH": os.pathsep.join([LOUD_DIR, ROOT])}
+
+
+def run_script(script: str, *args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """Run scripts/<script> as a user would, in the loud environment (scheduler variables removed)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")}
+    base.pop("TF_CPP_MIN_LOG_LEVEL", None)  # conftest sets it for this process; the subprocess gets LOUD_ENV's
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", script), *args]
+    return subprocess.run(
+        cmd, env={**base, **LOUD_ENV, **(env or {})}, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def photo(name: str, size: int | None = None) -> np.ndarray:

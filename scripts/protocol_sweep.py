@@ -18,7 +18,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import experiment
+from smoothadv_tf import evaluation, experiment
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags(
@@ -28,8 +28,19 @@ flags.DEFINE_integer("max_binary_steps", 5, "binary-search steps 1..N", lower_bo
 flags.DEFINE_list("iteration_counts", ["100", "200", "500"], "Adam iterations at the fixed c (one binary step)")
 
 
+SWEPT = ("binary_search_steps", "iterations", "best_iterate")  # set by the sweep itself, per measurement
+
+
 def main(_):
     experiment.validate_common_flags()
+    swept = [item.partition("=")[0] for item in FLAGS.attack_params if item.partition("=")[0] in SWEPT]
+    if swept:
+        raise app.UsageError(
+            f"--attack_params: {', '.join(swept)}: the sweep sets it (--max_binary_steps, --iteration_counts)"
+        )
+    ignored = [f"--{name}" for name in ("protocol", "num_shards", "shard_index") if FLAGS[name].present]
+    if ignored:
+        raise app.UsageError(f"{', '.join(ignored)}: not used here (the sweep runs both protocols' rules, unsharded)")
     try:
         iteration_counts = [int(v) for v in FLAGS.iteration_counts]
     except ValueError as e:
@@ -50,13 +61,17 @@ def main(_):
     x, y = dataset.images[: FLAGS.num_images], dataset.labels[: FLAGS.num_images]
     keep = np.argmax(attacks_lib.logits_of(model, x).numpy(), -1) == y
     x, y = x[keep], y[keep]
+    if not len(x):
+        raise app.UsageError(f"--num_images={FLAGS.num_images}: the model classifies none of them correctly")
     preset = experiment.preset_for(FLAGS.dataset)
     overrides = experiment.attack_overrides()
     rows = []
 
     def measure(attack, sweep, value, rule, **params):
-        base = attacks_lib.preset(preset, attack, "strong" if rule == "misclassified" else "paper")
-        params = {**base, **overrides, **params, "best_iterate": rule}
+        protocol = "strong" if rule == "misclassified" else "paper"
+        # the preset with the overrides this attack takes (evaluation.attack_runs filters them per attack)
+        base = evaluation.attack_runs(attack, preset, True, overrides, protocol)[0]
+        params = {**base, **params, "best_iterate": rule}
         out = {"attack": attack, "sweep": sweep, "value": value, "best_iterate": rule}
         start = time.perf_counter()
         for lo in range(0, len(x), batch):

@@ -78,6 +78,13 @@ def strategy_for(names: list[str]):
 # On ResNetV2-50 the same factor over-estimates (0.312 against 0.216 GiB measured): the safe side.
 ACTIVATION_FACTOR = 1.05
 CG_AUTODIFF_IMAGES_PER_ITERATION = 1.0
+# The dense ŝ_α (smoothing.Smoother, solver="dense") builds n x n matrices per image (n = pixels): the stencil
+# applied to the identity, 𝒲, L_α, its inverse and the normalised inverse. Measured peak resident memory of
+# building it on this CPU (random 3-channel images): 64x64, B = 1 / 3: +0.71 / +1.64 GiB, i.e. 0.46 GiB per
+# image = 7.4 matrices of 4 n² bytes, and 0.25 GiB per batch = 4 matrices (the identity basis and its stencil);
+# 28x28, B = 1 / 8: 6.7 matrices per image.
+DENSE_MATRICES_PER_IMAGE = 7.5
+DENSE_MATRICES_PER_BATCH = 4.0
 CG_IMPLICIT_IMAGES = 4.0
 INCEPTION_V3_BYTES_PER_INPUT = 624.0  # activation_bytes(slim InceptionV3, (299, 299, 3)) / (299 * 299 * 3)
 
@@ -110,28 +117,37 @@ DIFFERENTIATED_SMOOTHING = ("smooth_carlini_wagner_l2", "smooth_ddn", "smooth_fm
 def estimate_bytes_per_image(model, image_shape, attacks: dict, forward: int | None = None) -> dict:
     """Estimated peak bytes per attacked image for the most demanding of `attacks` ({name: params}): the model's
     forward + backward (ACTIVATION_FACTOR x :func:`activation_bytes`), plus, for an attack differentiating
-    through a CG smoothing with ``cg_gradient="autodiff"``, its trajectory (one image per CG iteration). A model
+    through a CG smoothing with ``cg_gradient="autodiff"``, its trajectory (one image per CG iteration), or for
+    a dense smoothing its n x n matrices (DENSE_MATRICES_PER_IMAGE; "batch_fixed": the per-batch ones). A model
     whose graph hides its computation (a SavedModel) is costed at InceptionV3's activation bytes per input
     value. `forward` skips tracing the model when its activation bytes are known. Returns the parts and "total"."""
     import numpy as np
 
+    from smoothadv_tf.smoothing import DENSE_MAX_PIXELS
+
     values = int(np.prod(image_shape))
+    pixels = values // image_shape[-1]
     forward = activation_bytes(model, image_shape) if forward is None else forward
     if forward is None:
         forward = values * INCEPTION_V3_BYTES_PER_INPUT
     model_bytes = ACTIVATION_FACTOR * forward
-    worst = {"model": model_bytes, "smoothing": 0.0, "attack": None}
+    worst = {"model": model_bytes, "smoothing": 0.0, "batch_fixed": 0.0, "attack": None}
     for name, params in attacks.items():
-        smoothing = 0.0
-        cg = params.get("solver") == "cg" or (params.get("solver") == "auto" and values // image_shape[-1] > 4096)
-        if cg:
+        smoothing = fixed = 0.0
+        solver = params.get("solver")
+        if solver == "auto":
+            solver = "dense" if pixels <= DENSE_MAX_PIXELS else "cg"
+        if solver == "cg":
             autodiff = name in DIFFERENTIATED_SMOOTHING and params.get("cg_gradient", "autodiff") == "autodiff"
             images = (
                 CG_AUTODIFF_IMAGES_PER_ITERATION * params.get("cg_iterations", 50) if autodiff else CG_IMPLICIT_IMAGES
             )
             smoothing = 4 * values * images
+        elif solver == "dense":
+            smoothing = 4 * pixels**2 * DENSE_MATRICES_PER_IMAGE
+            fixed = 4 * pixels**2 * DENSE_MATRICES_PER_BATCH
         if worst["attack"] is None or smoothing > worst["smoothing"]:
-            worst = {"model": model_bytes, "smoothing": smoothing, "attack": name}
+            worst = {"model": model_bytes, "smoothing": smoothing, "batch_fixed": fixed, "attack": name}
     worst["total"] = worst["model"] + worst["smoothing"]
     return worst
 
@@ -174,7 +190,7 @@ def choose_batch_size(model, image_shape, attacks: dict, budget_bytes: float, re
     forward = activation_bytes(model, image_shape)  # traced once, used by both estimates below
     estimate = estimate_bytes_per_image(model, image_shape, attacks, forward)
     weights = weight_bytes(model)
-    room = budget_bytes - weights
+    room = budget_bytes - weights - estimate["batch_fixed"]
 
     def fit(per_image: float) -> int:
         return max(1, int(room // per_image)) * replicas
@@ -193,7 +209,8 @@ def choose_batch_size(model, image_shape, attacks: dict, budget_bytes: float, re
             f"({weights / gib:.2f} GiB): running 1 per device anyway"
         )
     else:
-        why += f") in {room / gib:.2f} GiB per device after the weights"
+        after = " and the dense smoothing's per-batch matrices" if estimate["batch_fixed"] else ""
+        why += f") in {room / gib:.2f} GiB per device after the weights{after}"
         if room < estimate["total"]:
             why += " — the budget is smaller than one image: running 1 per device anyway"
     worst = attacks.get(estimate["attack"]) or {}

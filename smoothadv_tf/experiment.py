@@ -81,23 +81,21 @@ def strategy():
     return _STRATEGY["strategy"]
 
 
-SMALL_IMAGE_PIXELS = 4096  # up to 64 x 64 (MNIST-size): batches of 100 fit any device
+SMALL_IMAGE_PIXELS = 4096  # up to 64 x 64 (MNIST-size): at most SMALL_IMAGE_BATCH images per batch
+SMALL_IMAGE_BATCH = 100  # a batch is also what a killed run loses and a progress step: kept small
 BUDGET_FRACTION = 0.8  # of a device's memory: room for TensorFlow's own workspace and fragmentation
 
 
 def batch_size(model, dataset) -> int:
-    """--batch_size if given; 100 for small images; else the largest batch whose estimated peak memory
-    (devices.estimate_bytes_per_image, calibrated by scripts/bench_memory.py) fits --memory_budget_gb on each
-    device (default 80 % of the device's memory), logged with the reasons."""
+    """--batch_size if given; else the largest batch whose estimated peak memory (devices.estimate_bytes_per_image,
+    calibrated by scripts/bench_memory.py; the dense smoothing of small images included) fits --memory_budget_gb
+    on each device (default 80 % of the device's memory), at most 100 for images of up to 64x64 pixels; printed
+    with the reasons."""
     if FLAGS.batch_size is not None:
         if FLAGS.memory_budget_gb is not None:
             logging.warning("--batch_size=%d given: --memory_budget_gb is not used", FLAGS.batch_size)
         return FLAGS.batch_size
     shape = dataset.images.shape[1:]
-    if shape[0] * shape[1] <= SMALL_IMAGE_PIXELS:
-        if FLAGS.memory_budget_gb is not None:
-            logging.warning("images of at most 64x64 pixels: batches of 100, --memory_budget_gb is not used")
-        return 100
     chosen = strategy()
     replicas = chosen.num_replicas_in_sync if chosen is not None else 1
     names = _STRATEGY["devices"]
@@ -114,11 +112,18 @@ def batch_size(model, dataset) -> int:
     }
     fits, why = devices.choose_batch_size(model, shape, runs, budget, replicas)
     images = max(1, min(FLAGS.num_images, len(dataset)))
-    size = min(fits, images)
-    held = f" (all {images} images; the budget holds {fits})" if fits > images else ""
+    small = shape[0] * shape[1] <= SMALL_IMAGE_PIXELS
+    size = min(fits, images, SMALL_IMAGE_BATCH) if small else min(fits, images)
+    if size == fits:
+        held = ""
+    elif size == images:
+        held = f" (all {images} images; the budget holds {fits})"
+    else:
+        held = f" (at most {SMALL_IMAGE_BATCH} for images of up to 64x64; the budget holds {fits})"
     message = f"--batch_size not given: batches of {size}{held} over {replicas} device(s), from {source}: {why}"
     logging.info("%s", message)
-    print(message, flush=True)
+    if not small or size < SMALL_IMAGE_BATCH:  # the usual MNIST-size batch of 100 needs no announcement
+        print(message, flush=True)
     return size
 
 

@@ -164,3 +164,59 @@ def test_run_experiment_runs_each_attack_per_replica_under_a_strategy(c4_model, 
     assert run(strategy, "mirrored") == plain
     distributed = [t for t in attacks._COMPILED[c4_model].values() if strategy in t._per_strategy]
     assert len(distributed) == 2  # both attacks' loops ran through strategy.run
+
+
+DENSE_PEAK = """
+import sys
+import numpy as np
+from smoothadv_tf.smoothing import Smoother
+
+def status(field):  # kB, from the kernel's accounting of this process
+    return int(next(l for l in open("/proc/self/status") if l.startswith(field)).split()[1])
+
+side, batch = int(sys.argv[1]), int(sys.argv[2])
+x = np.random.default_rng(0).uniform(0, 1, (batch, side, side, 3)).astype(np.float32)
+Smoother(x[:1], alpha=0.95, solver="cg", iterations=2)(x[:1])  # TensorFlow's own start-up, outside the peak
+before = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current resident size
+float(np.sum(Smoother(x, alpha=0.95, solver="dense")(x)))
+print((status("VmHWM") - before) * 1024)
+"""
+
+
+def test_small_images_get_their_batch_from_the_estimate_with_the_dense_smoothing(tmp_path, c4_path):
+    """Up to 64x64 the dense ŝ_α's n x n matrices dominate memory: they are counted per image and per batch,
+    the count agrees with the peak measured building one (48x48, batches of 1 and 3, in fresh processes), and
+    white_box.py takes its batch from that estimate under --memory_budget_gb instead of a fixed 100."""
+    model = _inception_like(None)
+    dense = {"smooth_pgd2": {"solver": "dense"}}
+    side = 48
+    estimate = devices.estimate_bytes_per_image(model, (side, side, 3), dense)
+    matrix = 4 * (side * side) ** 2
+    assert estimate["smoothing"] == devices.DENSE_MATRICES_PER_IMAGE * matrix
+    assert estimate["batch_fixed"] == devices.DENSE_MATRICES_PER_BATCH * matrix
+    assert devices.estimate_bytes_per_image(model, (side, side, 3), {"smooth_pgd2": {"solver": "auto"}}) == estimate
+    budget = devices.weight_bytes(model) + estimate["batch_fixed"] + 3.5 * estimate["total"]
+    assert devices.choose_batch_size(model, (side, side, 3), dense, budget)[0] == 3
+
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    peaks = [
+        int(subprocess.run([sys.executable, "-c", DENSE_PEAK, str(side), str(b)], env=env, capture_output=True,
+                           text=True, timeout=300, check=True).stdout.split()[-1])
+        for b in (1, 3)
+    ]  # fmt: skip
+    per_image = (peaks[1] - peaks[0]) / 2
+    assert 0.75 * per_image <= estimate["smoothing"] <= 1.33 * per_image, (per_image / matrix, peaks)
+    one = estimate["smoothing"] + estimate["batch_fixed"]
+    assert 0.75 * peaks[0] <= one <= 1.33 * peaks[0], (peaks[0] / matrix, peaks)  # measured here: 6.75 and 10.6
+
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "white_box.py"), f"--checkpoint={c4_path}",
+         "--attacks=smooth_pgd2", "--attack_params=iterations=2", "--num_images=7", "--memory_budget_gb=0.06",
+         f"--output_dir={tmp_path}"],
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    batch = int(re.search(r"--batch_size not given: batches of (\d+)", done.stdout).group(1))
+    assert 1 <= batch < 7, done.stdout  # 0.06 GiB holds a few 28x28 dense smoothings (~18 MB each), not 100
+    assert "smooth_pgd2's smoothing" in done.stdout

@@ -66,8 +66,8 @@ class LaplacianSmoothing(keras.layers.Layer):
         mode: str = "joint",
         **kwargs,
     ):
+        check_smoother_options(alpha, solver, iterations, gradient, tol)  # before Keras sets anything up
         super().__init__(**kwargs)
-        check_smoother_options(alpha, solver, iterations, gradient)
         check_graph_options(neighbors, kernel, sigma, mode)
         self.smoother_options = {
             "alpha": float(alpha),

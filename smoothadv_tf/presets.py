@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 
 # The paper's six attacks (what the experiment scripts run by default), then the L2 attacks beyond the paper
 # built on the same latent smoothing: PGD₂ on z with the exact projection, DDN and FMN, plain and smooth.
@@ -19,7 +20,9 @@ DIRECTIONS = ("latent", "image")  # the step of the smooth rescaling attacks (at
 
 # The scalar keyword options of each attack and their types (tests/test_attacks.py checks this table against
 # the attack functions' signatures). Every attack also takes `target` (labels); the smooth ones take `graph`.
-_GRADIENT = {"epsilon": float, "step": float, "iterations": int, "margin": float, "early_stop": bool, "quantize": bool}
+# The margin m is C&W's (eq. 3-4, §5.2) only: the gradient attacks stop at misclassification, where m could
+# not change their steps (attacks/gradient.py says why), so they do not take it.
+_GRADIENT = {"epsilon": float, "step": float, "iterations": int, "early_stop": bool, "quantize": bool}
 _OPTIMALITY = {
     "margin": float,
     "learning_rate": float,
@@ -32,20 +35,34 @@ _OPTIMALITY = {
 }
 _SMOOTHING = {"alpha": float, "solver": str, "cg_iterations": int, "cg_gradient": str}
 OPTIONS = {
-    "fgsm": {"epsilon": float, "margin": float, "quantize": bool},
+    "fgsm": {"epsilon": float, "quantize": bool},
     "ifgsm": dict(_GRADIENT),
     "pgd2": dict(_GRADIENT),
     "carlini_wagner_l2": dict(_OPTIMALITY),
     "smooth_pgd2": {**_GRADIENT, **_SMOOTHING},
     "smooth_carlini_wagner_l2": {**_OPTIMALITY, **_SMOOTHING},
-    "smooth_pgd2_latent": {"epsilon": float, "step": float, "iterations": int, "margin": float, "quantize": bool,
-                           **_SMOOTHING, "direction": str},
+    "smooth_pgd2_latent": {"epsilon": float, "step": float, "iterations": int, "quantize": bool, **_SMOOTHING,
+                           "direction": str},
     "ddn": {"iterations": int, "init_epsilon": float, "gamma": float, "quantize": bool},
     "fmn": {"iterations": int, "max_step": float, "min_step": float, "gamma": float, "quantize": bool},
 }  # fmt: skip
 OPTIONS["smooth_ddn"] = {**OPTIONS["ddn"], **_SMOOTHING, "direction": str}
 OPTIONS["smooth_fmn"] = {**OPTIONS["fmn"], **_SMOOTHING, "direction": str}
 NON_SCALAR_OPTIONS = {attack: ("target", "graph") if attack.startswith("smooth") else ("target",) for attack in OPTIONS}
+
+# `epsilon` and `step` are L∞ sizes for FGSM / I-FGSM and L2 sizes for the PGD₂ family (one number cannot mean
+# both: ε = 2 saturates every pixel under L∞ and is a small L2 budget). Overrides (--attack_params) can say
+# which: epsilon_linf / step_linf and epsilon_l2 / step_l2 (overrides_for maps them to the attacks' own
+# `epsilon` / `step`); the plain keys stay accepted where the selected attacks agree on the norm
+# (check_override_keys).
+LINF_ATTACKS = ("fgsm", "ifgsm")
+L2_BUDGET_ATTACKS = ("pgd2", "smooth_pgd2", "smooth_pgd2_latent")
+NORM_KEYS = {
+    "epsilon_linf": ("epsilon", LINF_ATTACKS),
+    "step_linf": ("step", LINF_ATTACKS),
+    "epsilon_l2": ("epsilon", L2_BUDGET_ATTACKS),
+    "step_l2": ("step", L2_BUDGET_ATTACKS),
+}
 
 DISPLAY_NAMES = {
     "fgsm": "FGSM",
@@ -166,10 +183,11 @@ def check_params(attack: str, params: dict) -> None:
         expected = param_type(attack, key)
         if expected is None:
             raise ValueError(f"{attack} takes no option {key!r}")
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        # numbers.Real / Integral: NumPy scalars (np.float32(0.5), np.int64(3)) are numbers too
+        number = isinstance(value, numbers.Real) and not _is_bool(value)
         ok = {
-            bool: isinstance(value, bool),
-            int: number and float(value).is_integer(),
+            bool: _is_bool(value),
+            int: number and math.isfinite(value) and float(value).is_integer(),
             float: number,
             str: isinstance(value, str),
         }[expected]
@@ -185,3 +203,69 @@ def check_params(attack: str, params: dict) -> None:
         )
         if problem:
             raise ValueError(f"{attack}: {key}={value!r}: {problem}")
+    if "min_step" in params and "max_step" in params and params["min_step"] > params["max_step"]:
+        raise ValueError(f"{attack}: min_step={params['min_step']!r} > max_step={params['max_step']!r}")
+
+
+def _is_bool(value) -> bool:
+    """A Python or NumPy bool (NumPy's is not a bool subclass; checked by its dtype, without importing NumPy)."""
+    return isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b"
+
+
+def override_type(attack: str, key: str):
+    """The type `attack` expects for override `key`: its own option's, or for a norm key (epsilon_linf,
+    step_l2, ...) the type of the option it names if `attack` is of that norm; None if the attack takes none."""
+    if key in NORM_KEYS:
+        option, takers = NORM_KEYS[key]
+        return param_type(attack, option) if attack in takers else None
+    return param_type(attack, key)
+
+
+def overrides_for(attack: str, overrides: dict) -> dict:
+    """The overrides `attack` takes, under its own option names: a norm key (epsilon_linf, ...) becomes
+    `epsilon` / `step` for the attacks of its norm; other keys pass where the attack has that option.
+    ValueError if a plain key and a norm key both set the same option of `attack`."""
+    out = {}
+    for key, value in overrides.items():
+        if key in NORM_KEYS:
+            option, takers = NORM_KEYS[key]
+            if attack not in takers or option not in OPTIONS[attack]:  # FGSM has an ε but no step
+                continue
+        elif key in OPTIONS[attack] or key in NON_SCALAR_OPTIONS[attack]:
+            option = key
+        else:
+            continue
+        if option in out:
+            raise ValueError(f"{attack}: {option} is set twice (by {option} and a norm key); give one")
+        out[option] = value
+    return out
+
+
+def _norm(attack: str) -> str | None:
+    return "L∞" if attack in LINF_ATTACKS else "L2" if attack in L2_BUDGET_ATTACKS else None
+
+
+def check_override_keys(selected, overrides) -> None:
+    """Raise ValueError (one line) when an override key means different things to the `selected` attacks: a
+    plain `epsilon` / `step` taken by both an L∞ attack (FGSM, I-FGSM) and an L2 one (the PGD₂ family), a
+    norm key no selected attack is of, or a plain and a norm key setting the same attack's option."""
+    for key in overrides:
+        if key in NORM_KEYS:
+            option, takers = NORM_KEYS[key]
+            if not any(a in takers and param_type(a, option) for a in selected):
+                raise ValueError(
+                    f"{key}: none of the selected attacks {list(selected)} has an {_norm(takers[0])} {option}"
+                )
+            both = [a for a in selected if a in takers and option in overrides]
+            if both:
+                raise ValueError(f"{option} and {key} both set {both[0]}'s {option}; give one")
+        elif key in ("epsilon", "step"):
+            by_norm = {}
+            for a in selected:
+                if param_type(a, key) is not None:
+                    by_norm.setdefault(_norm(a), []).append(a)
+            if len(by_norm) > 1:
+                raise ValueError(
+                    f"{key} is an L∞ size for {by_norm['L∞']} and an L2 size for {by_norm['L2']}: "
+                    f"give {key}_linf and/or {key}_l2 instead"
+                )

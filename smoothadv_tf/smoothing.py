@@ -20,6 +20,8 @@ earlier than the iteration count) stops moving, so values and gradients stay fin
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple
 
 import tensorflow as tf
@@ -228,16 +230,22 @@ def _vjp_in_chunks(normalized, b, g, trajectories, alpha, offsets, chunk_element
     return _reassemble(grads, chunks)
 
 
-def check_smoother_options(alpha: float, solver: str, iterations: int, gradient: str) -> None:
-    """Raise ValueError for options :class:`Smoother` does not take (before any guide image is at hand)."""
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha={alpha}: must be in [0, 1)")
+def check_smoother_options(alpha: float, solver: str, iterations: int, gradient: str, tol: float = 0.0) -> None:
+    """Raise ValueError for options :class:`Smoother` does not take (before any guide image is at hand): α of
+    L_α (§3) a number in [0, 1) (at α = 1, L_α's 1/(1 - α) is infinite), a whole iteration count >= 1, the
+    named solver and gradient, a tolerance >= 0."""
+    real = isinstance(alpha, numbers.Real) and not isinstance(alpha, bool)
+    if not real or not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha={alpha!r}: must be a number in [0, 1)")
     if solver not in ("cg", "dense"):
         raise ValueError(f"solver={solver!r}: expected 'cg' or 'dense'")
     if gradient not in ("autodiff", "implicit"):
         raise ValueError(f"gradient={gradient!r}: expected 'autodiff' or 'implicit'")
-    if iterations < 1:
-        raise ValueError(f"iterations={iterations}: must be >= 1")
+    whole = isinstance(iterations, numbers.Real) and not isinstance(iterations, bool) and math.isfinite(iterations)
+    if not whole or not float(iterations).is_integer() or iterations < 1:
+        raise ValueError(f"iterations={iterations!r}: must be a whole number >= 1")
+    if not isinstance(tol, numbers.Real) or not (math.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol={tol!r}: must be a number >= 0")
 
 
 class Smoother:
@@ -257,7 +265,7 @@ class Smoother:
         tol: float = 0.0,
         **graph_options,
     ):
-        check_smoother_options(alpha, solver, iterations, gradient)
+        check_smoother_options(alpha, solver, iterations, gradient, tol)
         self.x_o = check_guide(x_o)
         self.alpha = float(alpha)
         self.solver = solver

@@ -63,6 +63,9 @@ def test_ddn_matches_foolbox_and_keeps_its_successes_in_8_bit(c4_model, fashion_
     assert abs(ratio - 1) <= 0.03, ratio
 
 
+FMN_MEASURED_D = 1.068  # D̄ of FMN (mnist preset) on the first 40 test images: see the test below
+
+
 @pytest.mark.slow
 def test_fmn_succeeds_in_8_bit_with_less_distortion_than_foolboxs(c4_model, fashion_test):
     """foolbox 3.3.4's L2FMNAttack never projects on its ε-ball (its project() scales by ||x|| / ||x|| = 1), so it
@@ -76,6 +79,12 @@ def test_fmn_succeeds_in_8_bit_with_less_distortion_than_foolboxs(c4_model, fash
     assert ours.p_suc >= 0.99 and ours.p_suc >= peer_success[ours.originally_correct].mean()
     both = ours.success & peer_success
     assert ours.distortion[both].mean() < 0.8 * peer_d[both].mean()
+    # foolbox's FMN is broken (above), so beating it bounds nothing: FMN is also pinned to its own D̄ on these
+    # images, measured with this session's C4 (1 epoch on 30,000 images, seed 0): 1.068 over 35 successes,
+    # P_suc 1.000 (oneDNN on, TensorFlow's default here); 1.053 with TF_ENABLE_ONEDNN_OPTS=0, whose rounding
+    # trains a slightly different C4 (-1.4 %). 5 % either way is over 3x that machine-to-machine spread and
+    # flags a regression of the loop far below the 20 % the foolbox comparison lets through.
+    assert abs(ours.mean_distortion / FMN_MEASURED_D - 1) <= 0.05, ours.mean_distortion
 
 
 @pytest.mark.parametrize(

@@ -96,12 +96,40 @@ def test_dense_matches_converged_cg_on_fashion_mnist(fashion_test, mode):
     np.testing.assert_allclose(dense.numpy(), cg.numpy(), atol=2e-5)
 
 
+def random_walk_laplacian(graph, i, alpha):
+    """A wrongly normalised L_α: D^-1 W (random walk) instead of D^-1/2 W D^-1/2 (§3). It too maps constants
+    to constants once normalised by eq. (9) (here even before: L 1 = 1), so constants alone cannot tell."""
+    w = graph.to_scipy(i).astype(np.float64)
+    deg = np.maximum(np.asarray(w.sum(axis=1)).ravel(), 1e-20)
+    return ((sp.eye(w.shape[0]) - alpha * (sp.diags(1.0 / deg) @ w)) / (1.0 - alpha)).tocsc()
+
+
+def hat_s(lap, z):
+    """ŝ_α(z) = diag(s_α(1))^-1 s_α(z) of eq. (9), by scipy's sparse solve of eq. (8)."""
+    return sla.spsolve(lap, z) / sla.spsolve(lap, np.ones(lap.shape[0]))
+
+
 @pytest.mark.parametrize("solver", ["cg", "dense"])
 def test_normalised_smoothing_preserves_constants(fashion_test, solver):
+    """ŝ_α(c·1) = c·1 holds by construction for any L_α (eq. 9 divides by s_α(1)), so the test also checks
+    that it is *this* L_α's ŝ_α: on a non-constant signal, equal to scipy's solve of eq. (8)-(9) with L_α built
+    from the graph (float64) and far from a wrongly normalised L_α's, which preserves constants just as well.
+    50 CG iterations at α = 0.95 on 28 x 28 are converged (CG's bound: ~1e-7 relative)."""
     x = fashion_test.images[:2]
     s = Smoother(x, alpha=0.95, solver=solver, iterations=50)
     np.testing.assert_allclose(s(np.ones_like(x)).numpy(), 1.0, atol=1e-5)
     np.testing.assert_allclose(s(2.5 * np.ones_like(x)).numpy(), 2.5, atol=3e-5)
+    z = np.random.default_rng(3).standard_normal(x.shape).astype(np.float32)
+    ours = s(z).numpy()
+    for i in range(len(x)):
+        right = hat_s(scipy_laplacian(s.graph, i, 0.95), z[i].ravel().astype(np.float64))
+        wrong_lap = random_walk_laplacian(s.graph, i, 0.95)
+        np.testing.assert_allclose(hat_s(wrong_lap, np.full(wrong_lap.shape[0], 2.5)), 2.5, rtol=1e-9)  # constants
+        wrong = hat_s(wrong_lap, z[i].ravel().astype(np.float64))
+        err = np.linalg.norm(ours[i].ravel() - right) / np.linalg.norm(right)
+        assert err <= 1e-4, (i, err)
+        gap = np.linalg.norm(wrong - right) / np.linalg.norm(right)
+        assert gap > 100 * 1e-4, gap  # the wrong L_α would fail the tolerance above by far
 
 
 def test_laplacian_is_symmetric_positive_definite(fashion_test):

@@ -5,7 +5,10 @@ Every attack takes a model (a Keras model or any callable mapping [0, 1] NHWC im
 [0, 1] and their true labels y, works on the whole batch at once (each image keeps its own state), and returns
 an :class:`AttackResult`. All attacks are untargeted with the margin loss of eq. (3) (DDN: the cross-entropy) unless `target` labels are
 given. Success and distortion are judged on the 8-bit-quantised adversarial image (what a PNG stores; the
-authors' code did the same) unless ``quantize=False``. Distortion is the L2 norm on [0, 1] pixels.
+authors' code did the same) unless ``quantize=False``; x is then rounded to 8 bits on entry too (attacked, judged
+and measured from there: ``AttackResult.original``). Distortion is the L2 norm on [0, 1] pixels. Bad input
+(labels outside the model's classes, NCHW images, options out of range, target == label) is refused with a
+ValueError before any tracing; a model giving probabilities instead of logits gets a ProbabilityOutputWarning.
 
 Modules, one per family:
 - :mod:`.common`: :class:`AttackResult`, the judgement (quantisation, margin loss of eq. 3, success), and the
@@ -33,14 +36,16 @@ from smoothadv_tf.attacks.common import (  # noqa: F401 - the package's names, p
     _COMPILED,
     _PINNED,
     AttackResult,
+    ProbabilityOutputWarning,
     _check_inputs,
     _compiled,
     _finish,
-    _originally_correct,
     _per_image,
+    _prepare,
     _run_padded,
     _smoothing_options,
     _Traced,
+    checked_attack,
     clear_compiled_cache,
     is_adversarial,
     l2_norm,
@@ -78,7 +83,9 @@ from smoothadv_tf.presets import (  # noqa: F401 - the parameters live beside th
     PRESETS,
     PROTOCOL_DESCRIPTIONS,
     PROTOCOLS,
+    check_override_keys,
     check_params,
+    overrides_for,
     param_type,
     preset,
 )

@@ -4,7 +4,14 @@ Every attack takes a model (a Keras model or any callable mapping [0, 1] NHWC im
 [0, 1] and their true labels y, works on the whole batch at once (each image keeps its own state), and returns
 an :class:`AttackResult`. All attacks are untargeted with the margin loss of eq. (3) unless `target` labels are
 given. Success and distortion are judged on the 8-bit-quantised adversarial image (what a PNG stores; the
-authors' code did the same) unless ``quantize=False``. Distortion is the L2 norm on [0, 1] pixels.
+authors' code did the same) unless ``quantize=False``; then x itself is rounded to 8 bits on entry, so that the
+attack starts from, is judged "originally correct" on, and measures its distortion against the image a PNG
+would store (float images, e.g. resized photos, are legitimate input; without this, rounding noise counts as
+distortion). Distortion is the L2 norm on [0, 1] pixels.
+
+Inputs are checked before any loop is traced (:func:`checked_attack`, :func:`_prepare`): options as
+:func:`smoothadv_tf.presets.check_params`, labels in [0, classes) of the model's output, NHWC images, targets
+that differ from the labels; a model whose outputs look like probabilities is warned about once.
 
 Each attack loop runs in one `tf.function` (binary search included): no host round trip per step. The traced
 loops are cached per model (:func:`_compiled`) and called on padded batches (:func:`_run_padded`); called
@@ -13,6 +20,9 @@ inside a ``tf.distribute`` strategy's scope, each loop runs per replica on its s
 
 from __future__ import annotations
 
+import functools
+import inspect
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -20,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from smoothadv_tf.graph import check_graph_options, image_graph
+from smoothadv_tf.presets import OPTIONS, check_params
 from smoothadv_tf.smoothing import DENSE_MAX_PIXELS
 
 
@@ -31,14 +43,16 @@ class AttackResult:
     Each image is in one of three states (`status`): attacked and succeeded (`success`), attacked and failed
     (`attacked & ~success`), or not attacked because the model already misclassified it (`~attacked`; such an
     image is returned unchanged and never counts as a success). `p_suc` and `mean_distortion` are eq. (20)
-    over the attacked images."""
+    over the attacked images. `original` is the image the attack started from and measured against: x itself,
+    or with ``quantize=True`` (the default) x rounded to 8 bits, which is also what "originally correct" judged."""
 
     adversarial: np.ndarray  # (B, H, W, C) in [0, 1]
     success: np.ndarray  # (B,) bool: attacked, and prediction != label (or == target)
     distortion: np.ndarray  # (B,) L2 distance to x on [0, 1] pixels
     prediction: np.ndarray  # (B,) int: the model's prediction on `adversarial`
     iterations: np.ndarray  # (B,) int: gradient steps spent on the image
-    originally_correct: np.ndarray  # (B,) bool: the model classified x correctly (only these are attacked)
+    originally_correct: np.ndarray  # (B,) bool: the model classified `original` correctly (only these are attacked)
+    original: np.ndarray  # (B, H, W, C): x, rounded to 8 bits when quantising (distortion is measured from it)
 
     def __len__(self):
         return len(self.success)
@@ -112,24 +126,138 @@ def _per_image(v: tf.Tensor) -> tf.Tensor:
     return v[:, None, None, None]
 
 
+class ProbabilityOutputWarning(UserWarning):
+    """The model's outputs look like probabilities (non-negative, rows summing to 1), not logits."""
+
+
+# Models already warned about (weakly held; models that cannot be, by id).
+_WARNED: weakref.WeakSet = weakref.WeakSet()
+_WARNED_IDS: set = set()
+
+
+def checked_attack(name: str):
+    """Decorate attack `name`: every call checks its options (defaults included) with
+    :func:`smoothadv_tf.presets.check_params` before any work, so a direct call refuses what the scripts
+    refuse, with the same one-line ValueError. The signature is kept (``inspect.signature`` sees it)."""
+
+    def decorate(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def attack(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)  # an unknown keyword is Python's own TypeError
+            bound.apply_defaults()
+            check_params(name, {k: v for k, v in bound.arguments.items() if k in OPTIONS[name]})
+            return fn(*args, **kwargs)
+
+        return attack
+
+    return decorate
+
+
 def _check_inputs(x, y, target):
+    """Shapes, range and target != label: everything that needs no model."""
     x = np.asarray(x, np.float32)
-    y = np.asarray(y, np.int64)
+    y = np.asarray(y)
     if x.ndim != 4:
         raise ValueError(f"x: expected (B, H, W, C) images, got shape {x.shape}")
-    if y.shape != (len(x),):
-        raise ValueError(f"y: expected {len(x)} labels, got shape {y.shape}")
+    if y.shape != (len(x),) or not (np.issubdtype(y.dtype, np.integer) or y.size == 0):
+        raise ValueError(f"y: expected {len(x)} integer labels, got shape {y.shape} ({y.dtype})")
+    y = y.astype(np.int64)
     if not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
         raise ValueError("x: images must be finite and in [0, 1]")
     if target is not None:
-        target = np.asarray(target, np.int64)
-        if target.shape != y.shape:
-            raise ValueError(f"target: expected {len(x)} labels, got shape {target.shape}")
+        target = np.asarray(target)
+        if target.shape != y.shape or not (np.issubdtype(target.dtype, np.integer) or target.size == 0):
+            raise ValueError(f"target: expected {len(x)} integer labels, got shape {target.shape} ({target.dtype})")
+        target = target.astype(np.int64)
+        same = np.flatnonzero(target == y)
+        if len(same):  # success would be the clean image itself, at D = 0
+            raise ValueError(
+                f"target: equals the label y for {len(same)} image(s) (indices {same[:10].tolist()}); "
+                "a targeted attack needs target != label"
+            )
     return x, y, target
 
 
+def _declared_image_shape(model):
+    """(H, W, C) the model declares for its input (None where free), or None if it declares none: a Keras
+    model's ``input_shape``, or that of the model a wrapper holds as ``.inner`` (models.wrap)."""
+    for m in (model, getattr(model, "inner", None)):
+        try:
+            shape = getattr(m, "input_shape", None)
+        except (AttributeError, ValueError, TypeError):  # Keras raises for models that are not built
+            shape = None
+        if isinstance(shape, tuple) and len(shape) == 4 and all(d is None or isinstance(d, int) for d in shape):
+            return shape[1:]
+    return None
+
+
+def _check_layout(model, x) -> None:
+    """Refuse NCHW images: the attacks, ŝ_α and the models here take NHWC. Decided from the model's declared
+    input shape where it has one (only when x does not fit it and its NCHW reading does); else when the
+    channel axis of NCHW holds 1 or 3 and the last axis is too long to be channels."""
+    shape = tuple(x.shape[1:])
+    as_nhwc = (shape[1], shape[2], shape[0])  # what x would be if it were NCHW
+    declared = _declared_image_shape(model)
+    fits = lambda s: all(d is None or d == e for d, e in zip(declared, s))  # noqa: E731
+    if declared is not None:
+        looks_nchw = not fits(shape) and fits(as_nhwc)
+    else:
+        looks_nchw = shape[0] in (1, 3) and shape[2] > 4
+    if looks_nchw:
+        raise ValueError(
+            f"x: shape {x.shape} looks like NCHW (batch, channels, height, width); the attacks take NHWC "
+            f"(batch, height, width, channels): pass np.transpose(x, (0, 2, 3, 1)), shape {(len(x), *as_nhwc)}"
+        )
+
+
+def _warn_if_probabilities(model, logits: np.ndarray) -> None:
+    """Once per model: outputs that are non-negative with rows summing to 1 are probabilities, and the margin
+    loss of eq. (3) on them is weaker than on logits (e.g. C&W's margin m = 1 cannot be met)."""
+    if logits.size == 0 or logits.min() < 0 or not np.allclose(logits.sum(-1), 1.0, atol=1e-3):
+        return
+    try:
+        if model in _WARNED:
+            return
+        _WARNED.add(model)
+    except TypeError:
+        if id(model) in _WARNED_IDS:
+            return
+        _WARNED_IDS.add(id(model))
+    warnings.warn(
+        f"{getattr(model, 'name', type(model).__name__)}: its outputs look like probabilities (non-negative, "
+        "rows summing to 1); the attacks' margin loss (eq. 3) wants logits. Remove the final softmax (e.g. "
+        "keras.applications models with classifier_activation=None; smoothadv_tf.models.keras_application "
+        "already returns logits)",
+        ProbabilityOutputWarning,
+        stacklevel=4,
+    )
+
+
+def _prepare(model, x, y, target, quantize_input: bool):
+    """Check the inputs before any loop is traced, round x to 8 bits if quantising (the image a PNG stores is
+    what the attack starts from and is measured against), and judge it with one forward pass, which also gives
+    the class count the labels must lie in. Returns (x, y, target, originally_correct)."""
+    x, y, target = _check_inputs(x, y, target)
+    _check_layout(model, x)
+    if quantize_input:
+        x = quantize(tf.constant(x)).numpy()
+    logits = logits_of(model, tf.constant(x)).numpy()
+    classes = logits.shape[-1]
+    for name, labels in (("y", y), ("target", target)):
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            bad = np.flatnonzero((labels < 0) | (labels >= classes))
+            raise ValueError(
+                f"{name}: labels must be in [0, {classes}) (the model outputs {classes} classes); "
+                f"got {labels[bad[0]]} at index {bad[0]} ({len(bad)} out of range)"
+            )
+    _warn_if_probabilities(model, logits)
+    return x, y, target, np.argmax(logits, -1) == y
+
+
 def _finish(model, x, y, target, x_adv, iterations, originally_correct, quantize_output) -> AttackResult:
-    """Judge the final images: quantise, predict, measure distortion (one place for all attacks)."""
+    """Judge the final images: quantise, predict, measure distortion from x (one place for all attacks)."""
     judged = quantize(x_adv) if quantize_output else x_adv
     logits = logits_of(model, judged)
     goal = tf.constant(target if target is not None else y)
@@ -141,6 +269,7 @@ def _finish(model, x, y, target, x_adv, iterations, originally_correct, quantize
         prediction=tf.argmax(logits, -1).numpy(),
         iterations=np.asarray(iterations, np.int64),
         originally_correct=np.asarray(originally_correct, bool),
+        original=x,
     )
 
 
@@ -249,6 +378,7 @@ def _run_padded(traced: _Traced, batch: list[np.ndarray], *scalars):
 def _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, image_shape) -> dict:
     """Smoother options of the smooth attacks; solver="auto" is the dense ŝ_α (eq. 9 as a matrix) up to
     smoothing.DENSE_MAX_PIXELS pixels (64 x 64) and CG above, as the paper does for MNIST and ImageNet."""
+    _check_graph(graph)
     if solver == "auto":
         solver = "dense" if image_shape[1] * image_shape[2] <= DENSE_MAX_PIXELS else "cg"
     return {
@@ -260,5 +390,16 @@ def _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, image_s
     }
 
 
-def _originally_correct(model, x, y) -> np.ndarray:
-    return np.argmax(logits_of(model, tf.constant(x)).numpy(), -1) == y
+def _check_graph(graph) -> None:
+    """The smooth attacks' `graph` options (image_graph's keywords), checked before tracing."""
+    if graph is None:
+        return
+    if not isinstance(graph, dict):
+        raise ValueError(f"graph={graph!r}: expected a dict of image_graph options (neighbors, kernel, sigma, mode)")
+    try:
+        bound = inspect.signature(image_graph).bind(None, **graph)
+    except TypeError:
+        known = list(inspect.signature(image_graph).parameters)[1:]
+        raise ValueError(f"graph={graph!r}: expected options among {known}") from None
+    bound.apply_defaults()
+    check_graph_options(**{k: v for k, v in bound.arguments.items() if k != "x_o"})

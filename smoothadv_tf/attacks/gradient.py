@@ -12,13 +12,13 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import (
     AttackResult,
-    _check_inputs,
     _compiled,
     _finish,
-    _originally_correct,
     _per_image,
+    _prepare,
     _run_padded,
     _smoothing_options,
+    checked_attack,
     is_adversarial,
     l2_norm,
     logits_of,
@@ -39,24 +39,25 @@ def _gradient_attack(
     iterations,
     norm,
     smoothing=None,
-    margin=0.0,
     target=None,
     early_stop=True,
     quantize_output=True,
 ) -> AttackResult:
     """Eq. (10)-(12): x ← c(x - n(g)) with g the loss gradient, optionally smoothed (sPGD₂), n the sign
     (L∞) or the L2 normalisation times `step`, and c the projection on the ε-ball around x_o and on [0,1].
-    Each image stops once it is adversarial (judged on the quantised image) when `early_stop`."""
-    x, y, target = _check_inputs(x, y, target)
-    if not epsilon > 0 or not step > 0 or iterations < 1:
-        raise ValueError(f"epsilon={epsilon}, step={step}, iterations={iterations}: must be positive")
+    Each image stops once it is adversarial (judged on the quantised image) when `early_stop`.
+
+    The loss is eq. (3) without its positive part and without a margin: these attacks take no margin m (the
+    paper sets one for C&W only, §5.2). While the image is classified correctly, (3)'s gradient does not
+    depend on m, and each image stops at misclassification (or after its one FGSM step), so m could change
+    nothing; its positive part would only zero the gradient of an image already adversarial."""
+    x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
     targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     key = (
         "gradient",
         norm,
         smooth_key,
-        float(margin),
         targeted,
         bool(early_stop),
         bool(quantize_output),
@@ -72,9 +73,7 @@ def _gradient_attack(
             def body(k, x_adv, done, used):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
                     tape.watch(x_adv)
-                    loss = tf.reduce_sum(
-                        margin_loss(logits_of(model, x_adv), goal, margin, targeted, positive_part=False)
-                    )
+                    loss = tf.reduce_sum(margin_loss(logits_of(model, x_adv), goal, 0.0, targeted, positive_part=False))
                 g = tape.gradient(loss, x_adv)
                 if latent is not None:  # eq. (12): smooth the gradient before normalising it
                     g = latent.perturbation(g, stop_gradient=True)
@@ -109,7 +108,6 @@ def _gradient_attack(
         return run
 
     traced = _compiled(model, key, build)
-    originally_correct = _originally_correct(model, x, y)
     goal = target if targeted else y
     x_adv, used = _run_padded(
         traced,
@@ -120,7 +118,8 @@ def _gradient_attack(
     return _finish(model, x, y, target, x_adv, used.numpy(), originally_correct, quantize_output)
 
 
-def fgsm(model, x, y, *, epsilon=0.3, margin=0.0, target=None, quantize=True) -> AttackResult:
+@checked_attack("fgsm")
+def fgsm(model, x, y, *, epsilon=0.3, target=None, quantize=True) -> AttackResult:
     """FGSM (Goodfellow et al.): one signed-gradient step of size ε (L∞)."""
     return _gradient_attack(
         model,
@@ -130,13 +129,13 @@ def fgsm(model, x, y, *, epsilon=0.3, margin=0.0, target=None, quantize=True) ->
         step=epsilon,
         iterations=1,
         norm="linf",
-        margin=margin,
         target=target,
         early_stop=False,
         quantize_output=quantize,
     )
 
 
+@checked_attack("ifgsm")
 def ifgsm(
     model,
     x,
@@ -145,7 +144,6 @@ def ifgsm(
     epsilon=0.3,
     step=0.08,
     iterations=10,
-    margin=0.0,
     target=None,
     early_stop=True,
     quantize=True,
@@ -159,13 +157,13 @@ def ifgsm(
         step=step,
         iterations=iterations,
         norm="linf",
-        margin=margin,
         target=target,
         early_stop=early_stop,
         quantize_output=quantize,
     )
 
 
+@checked_attack("pgd2")
 def pgd2(
     model,
     x,
@@ -174,7 +172,6 @@ def pgd2(
     epsilon=5.0,
     step=3.0,
     iterations=10,
-    margin=0.0,
     target=None,
     early_stop=True,
     quantize=True,
@@ -188,13 +185,13 @@ def pgd2(
         step=step,
         iterations=iterations,
         norm="l2",
-        margin=margin,
         target=target,
         early_stop=early_stop,
         quantize_output=quantize,
     )
 
 
+@checked_attack("smooth_pgd2")
 def smooth_pgd2(
     model,
     x,
@@ -208,7 +205,6 @@ def smooth_pgd2(
     cg_iterations=50,
     cg_gradient="autodiff",
     graph=None,
-    margin=0.0,
     target=None,
     early_stop=True,
     quantize=True,
@@ -224,7 +220,6 @@ def smooth_pgd2(
         iterations=iterations,
         norm="l2",
         smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
-        margin=margin,
         target=target,
         early_stop=early_stop,
         quantize_output=quantize,

@@ -37,13 +37,13 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import (
     AttackResult,
-    _check_inputs,
     _compiled,
     _finish,
-    _originally_correct,
     _per_image,
+    _prepare,
     _run_padded,
     _smoothing_options,
+    checked_attack,
     is_adversarial,
     l2_norm,
     logits_of,
@@ -69,7 +69,6 @@ def _rescaling_attack(
     min_step: float,
     gamma: float = 0.05,
     smoothing: dict | None = None,
-    margin: float = 0.0,
     direction: str = "latent",
     target=None,
     quantize_output: bool = True,
@@ -78,21 +77,17 @@ def _rescaling_attack(
     (PGD) or ignored (FMN starts unconstrained); the step size anneals from `max_step` to `min_step` (equal for
     PGD). ``"ddn"`` / ``"fmn"`` run `iterations` steps and keep their least-distortion adversarial iterate
     (none: x_o is returned, the attack failed), as foolbox does; ``"pgd"`` stops each image at its first
-    adversarial iterate, judging the image after each of its `iterations` steps (as :func:`pgd2`)."""
-    x, y, target = _check_inputs(x, y, target)
+    adversarial iterate, judging the image after each of its `iterations` steps (as :func:`pgd2`). The loss
+    is eq. (3) without margin, as PGD₂'s (:func:`~smoothadv_tf.attacks.gradient._gradient_attack` says why)."""
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: expected one of {RULES}")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r}: expected one of {list(DIRECTIONS)}")
-    if iterations < 1 or not epsilon > 0 or not max_step > 0 or not 0 < min_step <= max_step or not 0 < gamma < 1:
-        raise ValueError(
-            f"iterations={iterations}, epsilon={epsilon}, max_step={max_step}, min_step={min_step}, gamma={gamma}: "
-            "need iterations >= 1, epsilon > 0, 0 < min_step <= max_step, 0 < gamma < 1"
-        )
+    x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
     targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     on_image = smoothing is None or direction == "image"  # the variable steps along the image gradient
-    key = ("rescaling", rule, smooth_key, float(margin), targeted, bool(quantize_output), int(iterations), gamma)
+    key = ("rescaling", rule, smooth_key, targeted, bool(quantize_output), int(iterations), gamma)
     key += (on_image,)
     evaluations = iterations + 1 if rule == "pgd" else iterations  # PGD judges the result of its last step too
 
@@ -108,7 +103,7 @@ def _rescaling_attack(
                 if rule == "ddn":  # DDN's cross-entropy
                     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(goal, logits)
                     return -ce if targeted else ce
-                return -margin_loss(logits, goal, margin, targeted, positive_part=False)  # eq. (3); FMN: m = 0
+                return -margin_loss(logits, goal, 0.0, targeted, positive_part=False)  # eq. (3), m = 0
 
             def body(k, v, eps, pending, best_x, best_d, last_x, found, done, used):
                 progress = tf.cast(k, tf.float32) / iterations
@@ -189,7 +184,6 @@ def _rescaling_attack(
         return run
 
     traced = _compiled(model, key, build)
-    originally_correct = _originally_correct(model, x, y)
     goal = target if targeted else y
     best_x, used = _run_padded(
         traced,
@@ -201,6 +195,7 @@ def _rescaling_attack(
     return _finish(model, x, y, target, best_x, used.numpy(), originally_correct, quantize_output)
 
 
+@checked_attack("ddn")
 def ddn(model, x, y, *, iterations=100, init_epsilon=1.0, gamma=0.05, target=None, quantize=True) -> AttackResult:
     """DDN (Rony et al., CVPR 2019): steps of cosine-annealed size (1 → 0.01) along the normalised
     cross-entropy gradient, the perturbation projected on a sphere of radius ε that shrinks by (1 - γ) after an
@@ -211,6 +206,7 @@ def ddn(model, x, y, *, iterations=100, init_epsilon=1.0, gamma=0.05, target=Non
     )  # fmt: skip
 
 
+@checked_attack("smooth_ddn")
 def smooth_ddn(
     model, x, y, *, iterations=100, init_epsilon=1.0, gamma=0.05, alpha=0.95, solver="auto", cg_iterations=50,
     cg_gradient="autodiff", graph=None, direction="latent", target=None, quantize=True,
@@ -224,6 +220,7 @@ def smooth_ddn(
     )  # fmt: skip
 
 
+@checked_attack("fmn")
 def fmn(
     model, x, y, *, iterations=100, max_step=1.0, min_step=0.01, gamma=0.05, target=None, quantize=True
 ) -> AttackResult:  # fmt: skip
@@ -245,6 +242,7 @@ def fmn(
     )  # fmt: skip
 
 
+@checked_attack("smooth_fmn")
 def smooth_fmn(
     model, x, y, *, iterations=100, max_step=1.0, min_step=0.01, gamma=0.05, alpha=0.95, solver="auto",
     cg_iterations=50, cg_gradient="autodiff", graph=None, direction="latent", target=None, quantize=True,
@@ -258,9 +256,10 @@ def smooth_fmn(
     )  # fmt: skip
 
 
+@checked_attack("smooth_pgd2_latent")
 def smooth_pgd2_latent(
     model, x, y, *, epsilon=5.0, step=3.0, iterations=10, alpha=0.95, solver="auto", cg_iterations=50,
-    cg_gradient="autodiff", graph=None, margin=0.0, direction="latent", target=None, quantize=True,
+    cg_gradient="autodiff", graph=None, direction="latent", target=None, quantize=True,
 ) -> AttackResult:  # fmt: skip
     """PGD₂ (eq. 10-11) on the latent z with r = ŝ_α(z) (eq. 17) and the exact projection of r on the ε-ball
     (by rescaling z), instead of sPGD₂'s smoothed gradient step on x (eq. 12); stops each image at its first
@@ -268,5 +267,5 @@ def smooth_pgd2_latent(
     return _rescaling_attack(
         model, x, y, rule="pgd", iterations=iterations, epsilon=epsilon, max_step=step, min_step=step,
         smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
-        margin=margin, direction=direction, target=target, quantize_output=quantize,
+        direction=direction, target=target, quantize_output=quantize,
     )  # fmt: skip

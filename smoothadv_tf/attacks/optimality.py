@@ -16,13 +16,13 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import (
     AttackResult,
-    _check_inputs,
     _compiled,
     _finish,
-    _originally_correct,
     _per_image,
+    _prepare,
     _run_padded,
     _smoothing_options,
+    checked_attack,
     is_adversarial,
     l2_norm,
     logits_of,
@@ -31,7 +31,7 @@ from smoothadv_tf.attacks.common import (
     quantize,
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
-from smoothadv_tf.presets import BEST_ITERATE_RULES
+from smoothadv_tf.presets import BEST_ITERATE_RULES, DEFAULT_PROTOCOL, PROTOCOLS
 from smoothadv_tf.smoothing import Smoother
 
 LARGE = 1e10  # C&W's "no upper bound yet" for c
@@ -95,11 +95,9 @@ def _optimality_attack(
     The early abort (``abort_early``) follows cleverhans' rule per image: at every tenth of the iterations
     (iteration 0 included) an image stops when its loss is above 0.9999 × its loss at the previous check,
     and the iterate that triggered the stop is not considered."""
-    x, y, target = _check_inputs(x, y, target)
-    if binary_search_steps < 1 or iterations < 1 or not initial_const > 0 or not learning_rate > 0:
-        raise ValueError("binary_search_steps, iterations, initial_const and learning_rate must be positive")
     if best_iterate not in BEST_ITERATE_RULES:
         raise ValueError(f"best_iterate={best_iterate!r}: expected one of {BEST_ITERATE_RULES}")
+    x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
     targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     key = (
@@ -212,12 +210,12 @@ def _optimality_attack(
         return run
 
     traced = _compiled(model, key, build)
-    originally_correct = _originally_correct(model, x, y)
     goal = target if targeted else y
     best_x, used = _run_padded(traced, [x, goal, originally_correct], tf.constant(initial_const, tf.float32))
     return _finish(model, x, y, target, best_x, used.numpy(), originally_correct, quantize_output)
 
 
+@checked_attack("carlini_wagner_l2")
 def carlini_wagner_l2(
     model,
     x,
@@ -226,18 +224,19 @@ def carlini_wagner_l2(
     margin=1.0,
     learning_rate=0.1,
     initial_const=15.0,
-    binary_search_steps=5,
-    iterations=100,
-    abort_early=False,
-    best_iterate="misclassified",
+    binary_search_steps=PROTOCOLS[DEFAULT_PROTOCOL]["binary_search_steps"],
+    iterations=PROTOCOLS[DEFAULT_PROTOCOL]["iterations"],
+    abort_early=PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
+    best_iterate=PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
     target=None,
     quantize=True,
 ) -> AttackResult:
     """C&W L2 (eq. 4): tanh change of variable, Adam, margin m, per-image binary search over c = 1/λ.
 
-    The defaults are the ``strong`` protocol; ``preset(..., protocol="paper")`` gives the authors' (one
-    binary-search step, ``best_iterate="margin"``). See :func:`_optimality_attack` for ``best_iterate`` and
-    ``abort_early``."""
+    The defaults are the ``paper`` protocol (:data:`~smoothadv_tf.presets.DEFAULT_PROTOCOL`: one binary-search
+    step of 100 iterations at c = ``initial_const``, ``best_iterate="margin"``) with §5.2's MNIST constants, as
+    ``preset("mnist", "carlini_wagner_l2")``; ``preset(..., protocol="strong")`` gives a 5-step binary search.
+    See :func:`_optimality_attack` for ``best_iterate`` and ``abort_early``."""
     return _optimality_attack(
         model,
         x,
@@ -254,6 +253,7 @@ def carlini_wagner_l2(
     )
 
 
+@checked_attack("smooth_carlini_wagner_l2")
 def smooth_carlini_wagner_l2(
     model,
     x,
@@ -267,10 +267,10 @@ def smooth_carlini_wagner_l2(
     margin=1.0,
     learning_rate=0.1,
     initial_const=15.0,
-    binary_search_steps=5,
-    iterations=100,
-    abort_early=False,
-    best_iterate="misclassified",
+    binary_search_steps=PROTOCOLS[DEFAULT_PROTOCOL]["binary_search_steps"],
+    iterations=PROTOCOLS[DEFAULT_PROTOCOL]["iterations"],
+    abort_early=PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
+    best_iterate=PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
     target=None,
     quantize=True,
 ) -> AttackResult:

@@ -662,4 +662,18 @@ def run(
     if FLAGS.num_shards > 1:
         print(f"shard {shard_index()}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")
         return None, out_dir
-    return store.records, out_dir
+    return records_of(store.records, {dataset.ids[i] for i in indices}, store.path), out_dir
+
+
+def records_of(records: list[dict], image_ids: set, path: str) -> list[dict]:
+    """The records of the images this run was asked for (--num_images): the tables cover those, and say so
+    when the folder holds more (an earlier, larger run)."""
+    held = {r["image_id"] for r in records}
+    if held <= image_ids:
+        return records
+    print(
+        f"{path} holds records of {len(held)} images; the tables cover the {len(image_ids)} asked for "
+        f"(--num_images={FLAGS.num_images})",
+        flush=True,
+    )
+    return [r for r in records if r["image_id"] in image_ids]

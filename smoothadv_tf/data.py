@@ -129,26 +129,41 @@ def _from_keras(name: str, split: str, hint: str) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------------ image files
+EIGHT_BIT_MODES = ("L", "RGB", "RGBA", "P", "LA")
+# 16-bit grey PNGs: Pillow opens them as I;16 (or I, 32-bit integers); their 0..65535 are scaled by 1/65535
+# (converting them to "L" would clip at 255: nearly all white). 16-bit colour PNGs Pillow opens as 8-bit RGB.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
 def read_image(path: str, size: tuple[int, int] | None = None, channels: int = 3, resize: bool = True) -> np.ndarray:
-    """Read one PNG/JPEG as float32 HWC in [0,1]; resize to `size` (H, W) or require it."""
+    """Read one PNG/JPEG as float32 HWC in [0,1]; resize to `size` (H, W) or require it. 8-bit images are
+    resized in 8 bits; 16-bit grey images keep their 16 bits (resized as floats)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
-            mode = {1: "L", 3: "RGB"}[channels]
-            if im.mode not in ("L", "RGB", "RGBA", "P", "LA", "I;16", "I"):
+            if im.mode not in EIGHT_BIT_MODES + SIXTEEN_BIT_MODES:
                 raise DataError(f"{path}: unsupported image mode {im.mode}")
-            im = im.convert(mode)
+            sixteen = im.mode in SIXTEEN_BIT_MODES
+            if sixteen:
+                values = np.asarray(im)
+                if values.min() < 0 or values.max() > 65535:
+                    raise DataError(
+                        f"{path}: {im.mode} image with values {values.min()}..{values.max()}, not 16-bit (0..65535)"
+                    )
+                im = Image.fromarray(values.astype(np.float32) / 65535.0)  # mode F
+            else:
+                im = im.convert({1: "L", 3: "RGB"}[channels])
             if size is not None and im.size != (size[1], size[0]):
                 if not resize:
                     raise DataError(f"{path}: image is {im.size[1]}x{im.size[0]}, expected {size[0]}x{size[1]}")
                 im = im.resize((size[1], size[0]), Image.BILINEAR)
-            x = np.asarray(im, dtype=np.float32) / 255.0
+            x = np.asarray(im, dtype=np.float32) if sixteen else np.asarray(im, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path}: corrupt or unreadable image ({e})") from e
     if x.ndim == 2:
-        x = x[..., None]
+        x = np.repeat(x[..., None], channels, -1) if sixteen else x[..., None]
     if not np.isfinite(x).all():
         raise DataError(f"{path}: image contains NaN or Inf")
     return x
@@ -183,14 +198,20 @@ def load_nips17(directory: str, csv_path: str | None = None, num_classes: int = 
         raise DataError(f"{directory}: no such directory")
     csv_path = csv_path or _first_existing(directory, ("dev_dataset.csv", "images.csv", "labels.csv"))
     rows = _read_csv(csv_path, ("ImageId", "TrueLabel"))
-    images, labels, ids = [], [], []
+    images, labels, ids, rows_of = [], [], [], {}
     for i, row in enumerate(rows, start=2):  # row 1 is the header
-        path = os.path.join(directory, row["ImageId"] + ".png")
+        image_id = row["ImageId"]
+        if not image_id or image_id in (".", "..") or "/" in image_id or os.sep in image_id:
+            raise DataError(f"{csv_path}: row {i}: ImageId {image_id!r} is not a file name")
+        if image_id in rows_of:  # one id, one image: records are keyed by it
+            raise DataError(f"{csv_path}: rows {rows_of[image_id]} and {i} both list ImageId {image_id!r}")
+        rows_of[image_id] = i
+        path = os.path.join(directory, image_id + ".png")
         if not os.path.exists(path):
             raise DataError(f"{csv_path}: row {i}: image {path} not found")
         images.append(read_image(path, (size, size), 3, resize=False))
         labels.append(_parse_label(row["TrueLabel"], csv_path, i, num_classes))
-        ids.append(row["ImageId"])
+        ids.append(image_id)
     if not images:
         raise DataError(f"{csv_path}: no images listed")
     return Dataset(np.stack(images), np.asarray(labels, np.int64), ids, num_classes)
@@ -212,13 +233,26 @@ def load_image_folder(directory: str, size: tuple[int, int], channels: int = 3, 
     names = sorted(n for n in os.listdir(directory) if n.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
         raise DataError(f"{directory}: no PNG/JPEG images")
+    # An image's id is its name without the extension (what runs so far recorded and hashed into their
+    # identity); two files of one stem would share an id, so they are refused rather than renamed.
+    stems: dict = {}
+    for name in names:
+        other = stems.setdefault(os.path.splitext(name)[0], name)
+        if other != name:
+            raise DataError(
+                f"{os.path.join(directory, other)} and {name}: one image id {os.path.splitext(name)[0]!r} "
+                "(ids are file names without the extension): rename or remove one"
+            )
     labels = np.full(len(names), -1, np.int64)
     csv_path = os.path.join(directory, "labels.csv")
     if os.path.exists(csv_path):
-        index = {n: k for k, n in enumerate(names)}
+        index, rows_of = {n: k for k, n in enumerate(names)}, {}
         for i, row in enumerate(_read_csv(csv_path, ("filename", "label")), start=2):
             if row["filename"] not in index:
                 raise DataError(f"{csv_path}: row {i}: image {row['filename']!r} not in {directory}")
+            if row["filename"] in rows_of:
+                raise DataError(f"{csv_path}: rows {rows_of[row['filename']]} and {i} both label {row['filename']!r}")
+            rows_of[row["filename"]] = i
             labels[index[row["filename"]]] = _parse_label(row["label"], csv_path, i, num_classes)
     images = np.stack([read_image(os.path.join(directory, n), size, channels) for n in names])
     return Dataset(images, labels, [os.path.splitext(n)[0] for n in names], num_classes)

@@ -125,3 +125,59 @@ def test_float_image_is_rejected(tmp_path):
     Image.fromarray(np.full((4, 4), np.nan, np.float32), mode="F").save(path)
     with pytest.raises(DataError, match="unsupported image mode F"):
         data.read_image(str(path), channels=1)
+
+
+def test_sixteen_bit_png_keeps_its_values(tmp_path):
+    """A real photo as a 16-bit grey PNG (Pillow mode I;16) loads as its values / 65535, not clipped to white."""
+    grey = np.round(photo("astronaut").mean(-1) * 65535).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as im:
+        assert im.mode == "I;16"  # what the loader meets
+    x = data.read_image(str(tmp_path / "grey16.png"), channels=1)
+    assert x.shape == (512, 512, 1) and x.dtype == np.float32
+    np.testing.assert_allclose(x[..., 0], grey / 65535.0, atol=1e-7)
+    rgb = data.read_image(str(tmp_path / "grey16.png"), channels=3)
+    np.testing.assert_array_equal(rgb, np.repeat(x, 3, -1))
+    # in a folder, resized: the photo's grey at 32x32 (bilinear vs scikit-image's anti-aliased resize: close)
+    ds = data.load_image_folder(str(tmp_path), (32, 32))
+    assert ds.ids == ["grey16"] and ds.images.shape == (1, 32, 32, 3)
+    assert np.abs(ds.images[0, ..., 0] - photo("astronaut", 32).mean(-1)).mean() < 0.02
+
+
+def test_integer_image_out_of_the_16_bit_range_is_refused(tmp_path):
+    path = tmp_path / "wide.tiff"
+    values = np.round(photo("coffee", 16).mean(-1) * 200000).astype(np.int32)
+    assert values.max() > 65535
+    Image.fromarray(values).save(path)  # mode I: 32-bit integers
+    with pytest.raises(DataError, match=r"wide.tiff: I image with values \d+\.\.\d+, not 16-bit"):
+        data.read_image(str(path), channels=1)
+
+
+def test_two_files_of_one_stem_are_refused(tmp_path):
+    """shoe.png and shoe.jpg are two images; with one id the second's records would be dropped."""
+    _write_png(tmp_path / "shoe.png", photo("astronaut", 64))
+    Image.fromarray((photo("coffee", 64) * 255).round().astype(np.uint8)).save(tmp_path / "shoe.jpg")
+    _write_png(tmp_path / "boot.png", photo("chelsea", 64))
+    with pytest.raises(DataError, match=r"shoe.jpg and shoe.png: one image id 'shoe'"):
+        data.load_image_folder(str(tmp_path), (32, 32))
+    os.remove(tmp_path / "shoe.jpg")
+    assert data.load_image_folder(str(tmp_path), (32, 32)).ids == ["boot", "shoe"]
+    (tmp_path / "labels.csv").write_text("filename,label\nshoe.png,3\nboot.png,1\nshoe.png,4\n")
+    with pytest.raises(DataError, match=r"labels.csv: rows 2 and 4 both label 'shoe.png'"):
+        data.load_image_folder(str(tmp_path), (32, 32))
+
+
+def test_nips17_rows_naming_one_image_twice_or_no_file_name(nips17_dir):
+    csv = nips17_dir / "dev_dataset.csv"
+    header, first, second = csv.read_text().splitlines()
+    csv.write_text("\n".join([header, first, second, first.replace(",835,", ",10,")]) + "\n")
+    with pytest.raises(DataError, match=r"rows 2 and 4 both list ImageId 'img0'"):
+        data.load_nips17(str(nips17_dir))
+    (nips17_dir / "sub").mkdir()
+    _write_png(nips17_dir / "sub" / "img0.png", photo("astronaut", 299))
+    csv.write_text("\n".join([header, first.replace("img0,", "sub/img0,")]) + "\n")
+    with pytest.raises(DataError, match=r"row 2: ImageId 'sub/img0' is not a file name"):
+        data.load_nips17(str(nips17_dir))
+    csv.write_text("TrueLabel,ImageId\n3\n")  # a short row: no ImageId at all
+    with pytest.raises(DataError, match=r"row 2: ImageId None is not a file name"):
+        data.load_nips17(str(nips17_dir))

@@ -186,7 +186,7 @@ def _declared_image_shape(model):
     for m in (model, getattr(model, "inner", None)):
         try:
             shape = getattr(m, "input_shape", None)
-        except (AttributeError, ValueError, TypeError):  # Keras raises for models that are not built
+        except Exception:  # a probe only: Keras raises for unbuilt models, restored objects may raise anything
             shape = None
         if isinstance(shape, tuple) and len(shape) == 4 and all(d is None or isinstance(d, int) for d in shape):
             return shape[1:]

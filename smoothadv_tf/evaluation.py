@@ -26,7 +26,7 @@ import json
 import math
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -110,11 +110,11 @@ def attack_runs(
     protocol: str = presets.DEFAULT_PROTOCOL,
 ) -> list[dict]:
     """The parameter sets one attack runs with under `protocol`: one per target ε, or the preset alone.
-    `overrides` (e.g. ``{"iterations": 20}``) apply to every attack that takes the parameter; ε in overrides
-    disables the sweep."""
-    accepted = presets.OPTIONS[attack]
-    params = presets.preset(preset, attack, protocol, **{k: v for k, v in (overrides or {}).items() if k in accepted})
-    if attack not in DISTORTION_TARGETING or single_run or "epsilon" in (overrides or {}):
+    `overrides` (e.g. ``{"iterations": 20}``) apply to every attack that takes the parameter
+    (presets.overrides_for); an ε this attack takes disables the sweep."""
+    taken = presets.overrides_for(attack, overrides or {})  # under the attack's own names (epsilon_linf -> epsilon)
+    params = presets.preset(preset, attack, protocol, **taken)
+    if attack not in DISTORTION_TARGETING or single_run or "epsilon" in taken:
         return [params]
     return [{**params, "epsilon": eps} for eps in TARGETS[preset][attack]]
 
@@ -612,6 +612,13 @@ def _run_experiment(
     run_id,
 ) -> None:
     from tqdm import tqdm
+
+    from smoothadv_tf.data import DataError
+
+    # records are keyed by image id: a second image of one id would be dropped (and its PNG overwritten)
+    if len(set(dataset.ids)) != len(dataset.ids):
+        twice = sorted(i for i, n in Counter(dataset.ids).items() if n > 1)
+        raise DataError(f"image ids {twice[:5]} name several images each: records need one id per image")
 
     from smoothadv_tf import attacks as attacks_lib  # TensorFlow: imported when attacks run, not to read records
     from smoothadv_tf import perceptibility

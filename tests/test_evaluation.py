@@ -12,7 +12,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from smoothadv_tf import evaluation
+from smoothadv_tf import evaluation, presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -537,3 +537,29 @@ def test_compare_protocols_puts_both_runs_side_by_side(tmp_path):
     assert "| C&W | 1.000 | 1.500 | 0.800 | 0.300 | 100 | 1.000 | 0.750 | 0.960 | 0.200 | 600 |" in lines
     assert "| PGD2 | 0.500 | 3.000 | n/a | n/a | n/a | as paper |  |  |  |  |" in lines
     assert (tmp_path / "protocols_operating_characteristic.png").stat().st_size > 0
+
+
+def test_run_experiment_refuses_a_dataset_whose_ids_are_not_unique(tmp_path, fashion_test, c4_model):
+    """Records are keyed by image id: two images of one id would leave one record (and one saved PNG)."""
+    from smoothadv_tf.data import DataError, Dataset
+
+    ids = list(fashion_test.ids[:10])
+    ids[7] = ids[2]
+    dataset = Dataset(fashion_test.images[:10], fashion_test.labels[:10], ids, 10)
+    path = tmp_path / "records.jsonl"
+    with evaluation.RecordStore(str(path)) as store, pytest.raises(DataError, match=r"image ids \['test-00002'\]"):
+        evaluation.run_experiment(c4_model, dataset, ["fgsm"], "mnist", store, np.arange(5), progress=False)
+    assert not path.exists()
+
+
+def test_attack_runs_take_only_their_own_overrides():
+    """An sC&W option never reaches C&W; a norm key reaches the attacks of its norm only, as their epsilon (one
+    run, no sweep), and leaves the other norm's sweep alone."""
+    overrides = {"alpha": 0.9, "epsilon_l2": 2.0}
+    (cw,) = evaluation.attack_runs("carlini_wagner_l2", "mnist", overrides=overrides)
+    (scw,) = evaluation.attack_runs("smooth_carlini_wagner_l2", "mnist", overrides=overrides)
+    assert "alpha" not in cw and scw["alpha"] == 0.9
+    assert [r["epsilon"] for r in evaluation.attack_runs("pgd2", "mnist", overrides=overrides)] == [2.0]
+    fgsm = evaluation.attack_runs("fgsm", "mnist", overrides=overrides)
+    assert [r["epsilon"] for r in fgsm] == evaluation.TARGETS["mnist"]["fgsm"]
+    assert all(set(r) <= set(presets.OPTIONS["fgsm"]) for r in fgsm)

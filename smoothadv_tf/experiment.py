@@ -211,7 +211,8 @@ def define_common_flags(default_attacks=presets.PAPER_ATTACKS, default_num_image
         "attack_params",
         [],
         "preset overrides as key=value, applied to every attack taking the key, "
-        "e.g. iterations=20,binary_search_steps=3,cg_iterations=30",
+        "e.g. iterations=20,binary_search_steps=3,cg_iterations=30; budgets by norm: epsilon_linf / step_linf "
+        "(FGSM, I-FGSM), epsilon_l2 / step_l2 (the PGD2 family; a plain epsilon / step over both is refused)",
     )
 
 
@@ -287,10 +288,14 @@ def attack_overrides() -> dict:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise app.UsageError(f"--attack_params: {item!r} is not key=value")
-        takers = [a for a in selected if presets.param_type(a, key) is not None]
+        takers = [a for a in selected if presets.override_type(a, key) is not None]
         if not takers:
             raise app.UsageError(f"--attack_params: {key}: none of the selected attacks {selected} takes it")
-        out[key] = _parse_param(key, text, presets.param_type(takers[0], key))
+        out[key] = _parse_param(key, text, presets.override_type(takers[0], key))
+    try:  # epsilon / step mean an L∞ size to FGSM and I-FGSM, an L2 size to the PGD₂ family
+        presets.check_override_keys(selected, out)
+    except ValueError as e:
+        raise app.UsageError(f"--attack_params: {e}") from None
     for attack in selected:
         for params in evaluation.attack_runs(attack, preset_for(FLAGS.dataset), False, out, FLAGS.protocol):
             try:

@@ -35,7 +35,12 @@ LOUD_STARTUP_NOTICE = _loud_startup_notice()
 # TensorFlow as loud as any machine makes it: every native log level, oneDNN on (its notice is printed before
 # absl is initialised, whatever TF_CPP_MIN_LOG_LEVEL says), and TensorFlow-like notices injected at start-up
 # and at TensorFlow's import (tests/loud/sitecustomize.py).
-LOUD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_ENABLE_ONEDNN_OPTS": "1", "PYTHONPATH": os.pathsep.join([LOUD_DIR, ROOT])}
+# (oneDNN as exported, so that the whole suite can run with it off: TF_ENABLE_ONEDNN_OPTS=0 make test)
+LOUD_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "0",
+    "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"),
+    "PYTHONPATH": os.pathsep.join([LOUD_DIR, ROOT]),
+}
 
 
 def run_script(script: str, *args: str, cwd=None, env=None) -> subprocess.CompletedProcess:

@@ -75,6 +75,21 @@ FLAG_CASES = [
         ["smooth_carlini_wagner_l2: alpha=1.5: must be in [0, 1)"],
     ),
     ("white_box.py", ["--attacks=smooth_pgd2", "--attack_params=solver=lu"], ["solver='lu': expected one of"]),
+    (
+        "white_box.py",
+        ["--attack_params=epsilon=2"],
+        ["--attack_params: epsilon is an L∞ size for ['fgsm', 'ifgsm'] and an L2 size for ['pgd2', 'smooth_pgd2']"],
+    ),
+    (
+        "white_box.py",
+        ["--attacks=fgsm", "--attack_params=epsilon_l2=2"],
+        ["--attack_params: epsilon_l2: none of the selected attacks ['fgsm'] takes it"],
+    ),
+    (
+        "white_box.py",
+        ["--attacks=pgd2", "--attack_params=margin=1"],
+        ["--attack_params: margin: none of the selected attacks ['pgd2'] takes it"],
+    ),
     ("white_box.py", ["--model=inception_v3", "--dataset=nips17"], ["--dataset=nips17 needs --data_dir"]),
     ("white_box.py", ["--data_dir=/no/such/dir"], ["--data_dir=/no/such/dir: no such directory"]),
     ("white_box.py", ["--checkpoint=/no/such/c4.keras"], ["--checkpoint=/no/such/c4.keras: no such file"]),

@@ -186,7 +186,7 @@ print((status("VmHWM") - before) * 1024)
 
 def test_small_images_get_their_batch_from_the_estimate_with_the_dense_smoothing(tmp_path, c4_path):
     """Up to 64x64 the dense ŝ_α's n x n matrices dominate memory: they are counted per image and per batch,
-    the count agrees with the peak measured building one (48x48, batches of 1 and 3, in fresh processes), and
+    the count bounds the peak measured building one (48x48, batches of 1 and 3, in fresh processes), and
     white_box.py takes its batch from that estimate under --memory_budget_gb instead of a fixed 100."""
     model = _inception_like(None)
     dense = {"smooth_pgd2": {"solver": "dense"}}
@@ -205,10 +205,9 @@ def test_small_images_get_their_batch_from_the_estimate_with_the_dense_smoothing
                            text=True, timeout=300, check=True).stdout.split()[-1])
         for b in (1, 3)
     ]  # fmt: skip
-    per_image = (peaks[1] - peaks[0]) / 2
-    assert 0.75 * per_image <= estimate["smoothing"] <= 1.33 * per_image, (per_image / matrix, peaks)
-    one = estimate["smoothing"] + estimate["batch_fixed"]
-    assert 0.75 * peaks[0] <= one <= 1.33 * peaks[0], (peaks[0] / matrix, peaks)  # measured here: 6.75 and 10.6
+    for b, peak in zip((1, 3), peaks):  # on the safe side of the measured peak, and not far off it
+        smoothing = b * estimate["smoothing"] + estimate["batch_fixed"]
+        assert peak <= smoothing <= 2.5 * peak, (b, [p / matrix for p in peaks])
 
     done = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "white_box.py"), f"--checkpoint={c4_path}",

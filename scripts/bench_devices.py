@@ -45,10 +45,16 @@ def main(_):
         key, sep, value = item.partition("=")
         if not sep:
             raise app.UsageError(f"--attack_params: {item!r} is not key=value")
-        expected = next((presets.param_type(a, key) for a in FLAGS.attacks if presets.param_type(a, key)), None)
+        expected = next((presets.override_type(a, key) for a in FLAGS.attacks if presets.override_type(a, key)), None)
         if expected is None:
             raise app.UsageError(f"--attack_params: {key}: none of {FLAGS.attacks} takes it")
         overrides[key] = experiment._parse_param(key, value, expected)
+    try:
+        presets.check_override_keys(FLAGS.attacks, overrides)
+        for attack in FLAGS.attacks:
+            presets.check_params(attack, presets.overrides_for(attack, overrides))
+    except ValueError as e:
+        raise app.UsageError(f"--attack_params: {e}") from None
     import tensorflow as tf
 
     from smoothadv_tf import attacks
@@ -89,7 +95,7 @@ def main(_):
     print("|---|---|---|---|---|")
     for attack in FLAGS.attacks:
         params = attacks.preset(preset, attack)
-        params.update({k: v for k, v in overrides.items() if presets.param_type(attack, k) is not None})
+        params.update(presets.overrides_for(attack, overrides))
 
         def one(attack=attack, params=params):
             return attacks.run_attack(attack, single, x, y, **params)

@@ -203,7 +203,7 @@ def test_off_grid_images_are_rounded_on_entry_and_judged_there(c4_model, fashion
 
 
 def test_resized_photos_measure_no_rounding_noise():
-    """The issue's case on photos resized by scikit-image (3 channels, 64 x 64; a small CNN attacked w.r.t. its
+    """Float photos off the 8-bit grid, resized by scikit-image (3 channels, 64 x 64; a small CNN attacked w.r.t. its
     own predictions): a one-step PGD₂ of 1e-6 reports D = 0 where it used to report ||quantize(x) - x||."""
     from conftest import photos
 

@@ -70,7 +70,7 @@ def counts(folder) -> Counter:
 
 @pytest.fixture(scope="module")
 def before_merge(c4_path, tmp_path_factory):
-    """The issue's folder: FGSM on 20 images unsharded, then PGD₂ on the same 20 in two shards, not merged."""
+    """A folder a user extends: FGSM on 20 images unsharded, then PGD₂ on the same 20 in two shards, not merged."""
     out = tmp_path_factory.mktemp("merge") / "out"
     white_box(out, c4_path, "--attacks=fgsm", "--num_images=20")
     pgd2_shards(out, c4_path, 20)

@@ -56,7 +56,9 @@ def test_ddn_matches_foolbox_and_keeps_its_successes_in_8_bit(c4_model, fashion_
     peer = _judged(c4_model, x, y, _foolbox(c4_model, fb.attacks.DDNAttack(), x, y))
     peer_success, peer_d = peer["raw"]
     assert ours.p_suc >= 0.99 and ours.p_suc >= peer_success[ours.originally_correct].mean()
-    assert peer["8-bit"][0].sum() < peer_success.sum()  # foolbox's 8-bit images lose successes (the point)
+    assert (
+        peer["8-bit"][0].sum() < peer_success.sum()
+    )  # foolbox's 8-bit images lose successes: why judging 8-bit matters
     both = ours.success & peer_success
     assert both.sum() >= 0.9 * ours.originally_correct.sum()
     ratio = ours.distortion[both].mean() / peer_d[both].mean()

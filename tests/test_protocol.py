@@ -150,7 +150,7 @@ def hundred(fashion_test, c4_model):
 
 
 def test_paper_protocol_matches_foolbox_on_real_images(c4_model, hundred):
-    """The issue's oracle: same P_suc, D̄ within 3 %, both judged on 8-bit images."""
+    """foolbox 3's C&W as the oracle of the paper protocol: same P_suc, D̄ within 3 %, both judged on 8-bit images."""
     x, y = hundred
     ours = attacks.carlini_wagner_l2(c4_model, x, y, **attacks.preset("mnist", "carlini_wagner_l2", "paper"))
     for abort_early in (True, False):  # the authors' cleverhans ran with the (batch-level) abort

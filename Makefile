@@ -25,7 +25,7 @@ lint: $(STAMP)
 
 test: $(STAMP) data lint
 	# two workers (the 2-core budget); tests sharing the tf_slim graphs run on one (xdist_group "slim")
-	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The main job: train C4 on Fashion-MNIST once (cached in models/), attack the first DEMO_IMAGES test images
 # with all six attacks under the paper's protocol and print Table 1; then C&W / sC&W under the strong protocol

@@ -100,6 +100,7 @@ def peer_comparison(model, x, y):
         margin=1.0,
         initial_const=15.0,
         abort_early=False,
+        best_iterate="misclassified",  # as measured in docs/results.md (the direct-call default is the paper's)
         quantize=False,
     )
     xt, yt = tf.constant(x), tf.constant(y)

@@ -18,6 +18,7 @@ has not set it (the later notices, e.g. XLA's, honour it).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import importlib.abc
 import importlib.machinery
 import os
@@ -65,41 +66,56 @@ def run_script(main) -> None:
 @contextlib.contextmanager
 def native_stderr_silenced():
     """Send what native code writes to file descriptor 2 to a scratch file for the duration; if the body
-    raises, what was written is shown after all (it may say why)."""
+    raises, what was written is shown after all (it may say why). Should native code abort the process
+    meanwhile, Python's fault handler still reports on the real stderr, and the scratch file
+    ($TMPDIR/smoothadv_tf-tensorflow-start-*.log) is left behind with what TensorFlow said; else it is removed."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        failed = True
-        try:
-            yield
-            failed = False
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            if failed:
-                sink.seek(0)
-                sys.stderr.write(sink.read().decode(errors="replace"))
+    fd, scratch = tempfile.mkstemp(prefix="smoothadv_tf-tensorflow-start-", suffix=".log")
+    was_enabled = faulthandler.is_enabled()
+    faulthandler.enable(file=saved)
+    os.dup2(fd, 2)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        if was_enabled:
+            faulthandler.enable()
+        else:
+            faulthandler.disable()
+        os.close(saved)
+        if failed:
+            os.lseek(fd, 0, os.SEEK_SET)
+            sys.stderr.write(os.read(fd, os.fstat(fd).st_size).decode(errors="replace"))
+        os.close(fd)
+        os.remove(scratch)
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
     """Import finder that runs the first ``import tensorflow`` (and the listing of its platforms, which starts
-    them) inside :func:`native_stderr_silenced`, then steps aside."""
+    them) inside :func:`native_stderr_silenced`, then steps aside (from ``exec_module``: ``find_spec`` may be
+    asked without an import following, and must not change ``sys.meta_path`` while Python walks it)."""
 
     def find_spec(self, name, path, target=None):
         if name != "tensorflow":
             return None
-        sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
         run_module = spec.loader.exec_module
 
         def exec_module(module):
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             with native_stderr_silenced():
                 run_module(module)
-                module.config.list_physical_devices()  # platform start-up (cuInit); devices stay configurable
+                try:  # platform start-up (cuInit) while still silenced; devices stay configurable
+                    module.config.list_physical_devices()
+                except Exception:  # noqa: BLE001 - not this hook's to report: the scripts' device checks will
+                    pass
 
         spec.loader.exec_module = exec_module
         return spec

@@ -604,8 +604,14 @@ def records_path(out_dir: str) -> str:
 
 
 def report(records, out_dir: str, title: str, evaluated_on: str = "self", suffix: str = "") -> str:
-    """Write the tables and the operating characteristic; return the markdown table."""
+    """Write the tables and the operating characteristic; return the markdown table. Records of fewer images
+    than the folder holds (a smaller rerun, :func:`records_of`) get theirs under ``first<N>/``: the folder's own
+    tables, over all its images, are left as they were."""
     summary = evaluation.summarize(records, evaluated_on)
+    asked = {r["image_id"] for r in records}
+    path = os.path.join(out_dir, "records.jsonl")
+    if os.path.exists(path) and {r["image_id"] for r in evaluation.read_records(path)} - asked:
+        out_dir = subset_dir(out_dir, len(asked))
     target_dir = os.path.join(out_dir, suffix) if suffix else out_dir
     table = evaluation.write_summary(summary, target_dir, title)
     evaluation.plot_operating_characteristic(
@@ -671,14 +677,19 @@ def run(
 
 
 def records_of(records: list[dict], image_ids: set, path: str) -> list[dict]:
-    """The records of the images this run was asked for (--num_images): the tables cover those, and say so
-    when the folder holds more (an earlier, larger run)."""
+    """The records of the images this run was asked for (--num_images): the printed table covers those, and
+    says so when the folder holds more (an earlier, larger run)."""
     held = {r["image_id"] for r in records}
     if held <= image_ids:
         return records
     print(
-        f"{path} holds records of {len(held)} images; the tables cover the {len(image_ids)} asked for "
-        f"(--num_images={FLAGS.num_images})",
+        f"{path} holds records of {len(held)} images; the tables below cover the {len(image_ids)} asked for "
+        f"(--num_images={FLAGS.num_images}) and are written under {subset_dir(os.path.dirname(path), len(image_ids))}"
+        "; the folder's own tables are left as they were",
         flush=True,
     )
     return [r for r in records if r["image_id"] in image_ids]
+
+
+def subset_dir(out_dir: str, images: int) -> str:
+    return os.path.join(out_dir, f"first{images}")

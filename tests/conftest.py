@@ -53,6 +53,33 @@ def run_script(script: str, *args: str, cwd=None, env=None) -> subprocess.Comple
     )
 
 
+def assert_refused(done: subprocess.CompletedProcess, script: str, *fragments: str) -> str:
+    """Exit 2 and, on stderr, exactly one line: ours, `<script>: error: ...` holding each fragment. Only the
+    line the loud environment injects at interpreter start-up (no script can hide it) is discounted, and it must
+    be there: a test that ran quiet (the loud environment lost) proves nothing."""
+    assert LOUD_STARTUP_NOTICE in done.stderr.splitlines(), "not run in the loud environment: " + done.stderr[-2000:]
+    lines = [ln for ln in done.stderr.splitlines() if ln != LOUD_STARTUP_NOTICE]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), done.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def tree(path) -> dict:
+    """Every file under `path` with its content hash: what a refused run must leave unchanged (lock files
+    aside: they only name their last holder)."""
+    out = {}
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if name.endswith(".lock"):
+                continue
+            full = os.path.join(folder, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, path)] = hash(f.read())
+    return out
+
+
 def photo(name: str, size: int | None = None) -> np.ndarray:
     """A bundled scikit-image photo as float32 HWC in [0,1], optionally resized to size x size."""
     from skimage import data as skdata

@@ -95,6 +95,13 @@ def test_nhwc_images_of_any_plausible_shape_are_accepted():
         common._check_layout(model, x)  # declared: x fits it
         common._check_layout(lambda v: v, x)  # heuristic: the last axis is short enough to be channels
     common._check_layout(lambda v: v, photos(32, 2))
+    # height 3 and 8 channels: NCHW to the heuristic, accepted because the model declares it takes (3, 28, 8);
+    # the same images for a callable declaring nothing are refused (the heuristic's known limit)
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 28, 8)).astype(np.float32)
+    declared = keras.Sequential([keras.Input((3, 28, 8)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    common._check_layout(declared, x)
+    with pytest.raises(ValueError, match="looks like NCHW"):
+        common._check_layout(lambda v: v, x)
 
 
 # ------------------------------------------------------------------------------------------------ options

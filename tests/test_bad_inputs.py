@@ -15,35 +15,9 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import LOUD_STARTUP_NOTICE, run_script
+from conftest import assert_refused, run_script, tree
 
 from smoothadv_tf import data, evaluation
-
-
-def tree(path) -> dict:
-    """Every file under `path` with its content hash: what a failed run must leave unchanged (lock files aside:
-    they only name their last holder)."""
-    out = {}
-    for folder, _, files in os.walk(path):
-        for name in files:
-            if name.endswith(".lock"):
-                continue
-            full = os.path.join(folder, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = hash(f.read())
-    return out
-
-
-def assert_refused(done, script: str, *fragments: str) -> str:
-    """Exit 2 and, on stderr, exactly one line: ours, `<script>: error: ...` holding each fragment. Only the
-    line the loud environment injects at interpreter start-up (no script can hide it) is discounted."""
-    lines = [ln for ln in done.stderr.splitlines() if ln != LOUD_STARTUP_NOTICE]
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), done.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
 
 # ------------------------------------------------------------------------------------------------- flags
 FLAG_CASES = [

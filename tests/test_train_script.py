@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import assert_refused, run_script
 
 from smoothadv_tf import experiment
 
@@ -64,18 +65,11 @@ def test_cache_hyperparameters_are_train_c4s_defaults():
 
 
 def run(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, SCRIPT, *args], env=env(), cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
+    return run_script("train_mnist.py", *args, cwd=tmp_path)
 
 
 def refused(done: subprocess.CompletedProcess, *fragments: str) -> None:
-    ours = [ln for ln in done.stderr.splitlines() if ln.startswith("train_mnist.py: error:")]
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert len(ours) == 1, done.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in ours[0], ours[0]
-    assert "Traceback" not in done.stderr
+    assert_refused(done, "train_mnist.py", *fragments)
 
 
 # --data_dir: a folder without MNIST files, so a run that got past the checks stops at the data instead of

@@ -24,9 +24,11 @@ IMPORT_NOTICE = (
 
 
 class _NoticeOnTensorFlowImport(importlib.abc.MetaPathFinder):
+    written = False
+
     def find_spec(self, name, path, target=None):
-        if name == "tensorflow.python":
-            sys.meta_path.remove(self)
+        if name == "tensorflow.python" and not self.written:  # (sys.meta_path is not changed while it is walked)
+            self.written = True
             os.write(2, (IMPORT_NOTICE + "\n").encode())
             if os.environ.get("LOUD_TF_IMPORT_MARKER"):
                 open(os.environ["LOUD_TF_IMPORT_MARKER"], "w").close()

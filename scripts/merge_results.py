@@ -3,13 +3,19 @@
 python scripts/merge_results.py --results_dir=results/white_box/fashion_mnist-c4/paper
 
 The shard records are added to the records already in records.jsonl (an earlier run with other attacks, an
-earlier merge, an unsharded resume), by record key: nothing in the folder is lost. Refused (exit 2, nothing
-written): a missing or unfinished shard, shards of different --num_shards, shards whose records are not one
---attacks / --num_images run over every shard (evaluation.shard_coverage_problem), records of another run than
-the folder's run.json, and a key whose shard record differs from the recorded one (evaluation.record_conflict;
-the wall-clock `seconds` aside). records.jsonl is replaced atomically (fsynced, then renamed); only then are
-the merged shard files removed, so the folder holds each record once and a later sharded run of any
---num_shards merges the same way.
+earlier merge, an unsharded resume), by record key: nothing in the folder is lost. A shard skips the keys
+records.jsonl held when it started (it copies the clean records of its images, so its file names them), so the
+check counts records.jsonl and the shards together. Refused (exit 2, nothing written): a missing or unfinished
+shard, shards of different --num_shards, shards whose records are not one --attacks / --num_images run over
+every shard, with what records.jsonl holds (evaluation.shard_coverage_problem), records of another run than the
+folder's run.json, and a key whose shard record differs from the recorded one (evaluation.record_conflict; the
+wall-clock `seconds` aside). records.jsonl is replaced atomically (fsynced, then renamed); only then are the
+merged shard files removed, so the folder holds each record once and a later sharded run of any --num_shards
+merges the same way.
+
+Shard files that add nothing (every record already in records.jsonl: a shard retried after its merge) are a
+no-op even when the other shards' files are gone: they are removed and records.jsonl is left as it is; a folder
+with records.jsonl and no shard files only has its tables rewritten.
 """
 
 import glob
@@ -27,16 +33,14 @@ flags.DEFINE_string("results_dir", None, "an experiment folder holding records-s
 
 def main(_):
     paths = sorted(glob.glob(os.path.join(FLAGS.results_dir, "records-shard*.jsonl")))
-    if not paths:
+    target = os.path.join(FLAGS.results_dir, "records.jsonl")
+    if not paths and not os.path.exists(target):
         raise app.UsageError(f"{FLAGS.results_dir}: no records-shard*.jsonl files")
     shards = [re.fullmatch(r"records-shard(\d+)-of-(\d+)\.jsonl", os.path.basename(p)) for p in paths]
     counts = {int(m.group(2)) for m in shards if m}
-    if None in shards or len(counts) != 1:
+    if None in shards or len(counts) > 1:
         raise app.UsageError(f"{FLAGS.results_dir}: shard files of different --num_shards: {sorted(counts)}")
-    missing = sorted(set(range(counts.pop())) - {int(m.group(1)) for m in shards})
-    if missing:
-        raise app.UsageError(f"{FLAGS.results_dir}: shards {missing} have not run (no records file)")
-    target = os.path.join(FLAGS.results_dir, "records.jsonl")
+    missing = sorted(set(range(counts.pop() if counts else 0)) - {int(m.group(1)) for m in shards})
     locks = [evaluation.writer_lock(target)]  # nobody appends to the file being replaced
     try:
         # refused while a shard is still being written; read without repairing, so a refusal writes nothing
@@ -44,11 +48,17 @@ def main(_):
         existing = evaluation.read_records(target) if os.path.exists(target) else []
         shard_records = [(p, evaluation.read_records(p)) for p in paths]
         targets = check_run(existing, shard_records)
-        problem = evaluation.shard_coverage_problem([records for _, records in shard_records], targets)
-        if problem:
-            raise evaluation.RecordsError(f"{FLAGS.results_dir}: {problem}")
-        merged = evaluation.merge_records(existing, shard_records)
-        evaluation.atomic_write(target, "".join(json.dumps(r) + "\n" for r in merged))
+        merged = evaluation.merge_records(existing, shard_records)  # refuses conflicting duplicates
+        if len(merged) > len(existing):  # shards that add records: all of them, one run
+            if missing:
+                raise app.UsageError(
+                    f"{FLAGS.results_dir}: shards {missing} have not run (no records file); run them (a shard "
+                    "merged before reruns as a no-op)"
+                )
+            problem = evaluation.shard_coverage_problem([r for _, r in shard_records], targets, existing)
+            if problem:
+                raise evaluation.RecordsError(f"{FLAGS.results_dir}: {problem}")
+            evaluation.atomic_write(target, "".join(json.dumps(r) + "\n" for r in merged))
         for path in paths:  # every record is in records.jsonl, on disk
             os.remove(path)
     finally:
@@ -59,7 +69,14 @@ def main(_):
         suffix = "" if judge == "self" else judge
         print(experiment.report(merged, FLAGS.results_dir, f"{FLAGS.results_dir} ({judge})", judge, suffix))
     added = len(merged) - len(existing)
-    print(f"merged {len(paths)} shards: {added} new records, {len(merged)} in all -> {target} (shard files removed)")
+    if not paths:
+        print(f"no shard files: nothing to merge; {len(merged)} records in {target}")
+    elif not added:
+        print(f"{len(paths)} shard files add nothing to {target} ({len(merged)} records): removed, as merged before")
+    else:
+        print(
+            f"merged {len(paths)} shards: {added} new records, {len(merged)} in all -> {target} (shard files removed)"
+        )
 
 
 def check_run(existing: list[dict], shard_records: list[tuple[str, list[dict]]]) -> dict | None:

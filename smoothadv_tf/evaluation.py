@@ -7,7 +7,9 @@
   succeeds, with D the minimum over successful runs. Optimality attacks (C&W, sC&W) run once.
 - Success and D are measured on the 8-bit-quantised adversarial image (see attacks); so are the
   perceptibility fields of each attack record: smoothness (smoothing.smoothness), ssim and psnr
-  (perceptibility; psnr null = +inf, the image is the original). The summary reports their means over the
+  (perceptibility; psnr null = +inf, the image is the original). When the attacks quantise (the default) they
+  round x to 8 bits on entry; the clean record judges, and D and the perceptibility fields measure against,
+  that rounded image (AttackResult.original), so an off-grid image's rounding noise counts nowhere. The summary reports their means over the
   same least-distortion successful records as D̄ (:data:`PERCEPTIBILITY`).
 - Each attack record carries `seconds`: the wall-clock time of the attack call on its batch divided by the
   images attacked in it (the first batch of a process includes tracing and compiling the loop). The summary's
@@ -16,7 +18,9 @@
 
 Per-image records are JSON lines appended and fsynced after each batch, so a killed run loses at most the
 batch in flight and a rerun skips what is recorded; the records file is locked against a second writer and
-repaired after a kill (RecordStore). Shards split images by index modulo the shard count.
+repaired after a kill (RecordStore). Shards split images by index modulo the shard count; a shard's store
+reads the folder's records.jsonl (RecordStore done_in) and skips what it holds, copying only the clean records
+of its images, so scripts/merge_results.py adds each key once (shard_coverage_problem checks both together).
 """
 
 from __future__ import annotations
@@ -62,43 +66,63 @@ def shard_indices(num_images: int, num_shards: int = 1, shard_index: int = 0) ->
     return np.arange(num_images)[np.arange(num_images) % num_shards == shard_index]
 
 
-def shard_coverage_problem(shards: Sequence[Sequence[dict]], targets: dict | None = None) -> str | None:
-    """Why the records of shards 0..N-1 are not what running every shard with one --attacks and one
-    --num_images leaves (None if they are). For the clean records and each (judge, attack, target), shard i
-    must hold records of len(range(i, M, N)) images for one M (shard_indices): a shard that ran other attacks or
-    another --num_images, or stopped early, breaks that. Within a shard, an image attacked by a distortion-
-    targeting attack must have every target run: those of `targets` ({attack: [target, ...]}, the run's
-    run.json) where given, else every target any shard holds."""
+def shard_coverage_problem(
+    shards: Sequence[Sequence[dict]], targets: dict | None = None, existing: Sequence[dict] = ()
+) -> str | None:
+    """Why the records of shards 0..N-1, with the folder's `existing` records (records.jsonl), are not what
+    running every shard with one --attacks and one --num_images leaves (None if they are).
+
+    A shard writes, batch by batch, the clean record of each of its images first (computed, or copied from
+    records.jsonl when it is there: RecordStore(done_in=...)), then its attack records; a key records.jsonl holds
+    already is not recomputed. So per judge: shard i's clean images must be len(range(i, M, N)) images for one
+    M (shard_indices), and each of them must have every (attack, target) the shards ran, in the shard's file or
+    in `existing`. A shard that ran other attacks or another --num_images, or stopped early (between an image's
+    clean record and its attacks, or before its last ε runs), breaks that. The targets of an attack are those
+    of `targets` ({attack: [target, ...]}, the run's run.json) where given, else every target a shard holds."""
     n = len(shards)
-    images: dict = defaultdict(lambda: [set() for _ in range(n)])
-    for i, records in enumerate(shards):
-        for r in records:
-            images[(r.get("evaluated_on", "self"), r["attack"], r.get("target"))][i].add(r["image_id"])
-    known = defaultdict(set)
-    for judge, attack, target in images:
-        known[(judge, attack)].add(target)
-    for (judge, attack), found in sorted(known.items()):
-        expected = set((targets or {}).get(attack, ())) or found
-        for i in range(n):
-            attacked = set().union(*(images[(judge, attack, t)][i] for t in found))
-            for target in sorted(expected, key=str):
-                missing = attacked - images[(judge, attack, target)][i]
-                if missing:
-                    return (
-                        f"shard {i} has {attack} records of {len(missing)} image(s) without target {target} "
-                        f"(e.g. {sorted(missing)[0]}): it stopped early; rerun it with the same flags"
-                    )
-    for (judge, attack, target), per_shard in sorted(images.items(), key=str):
-        counts = [len(ids) for ids in per_shard]
+    done = {record_key(r) for r in existing}
+    held = [{record_key(r) for r in records} for records in shards]
+    for judge in sorted({r.get("evaluated_on", "self") for records in shards for r in records}):
+        on = "" if judge == "self" else f" judged on {judge}"
+        mine = [[r for r in records if r.get("evaluated_on", "self") == judge] for records in shards]
+        clean = [{r["image_id"] for r in records if r["attack"] == "clean"} for records in mine]
+        counts = [len(ids) for ids in clean]
         expected = [len(range(i, sum(counts), n)) for i in range(n)]
         if counts != expected:
-            what = "clean" if attack == "clean" else f"{attack}" + ("" if target is None else f" (target {target})")
-            what += "" if judge == "self" else f" judged on {judge}"
             return (
-                f"the shards hold {what} records of {counts} images, not one --num_images split over {n} shards "
-                f"({expected} for {sum(counts)}): a shard ran with other --attacks or --num_images, or stopped "
-                "early; rerun it with the flags of the others"
+                f"the shards hold clean{on} records of {counts} images, not one --num_images split over {n} "
+                f"shards ({expected} for {sum(counts)}): a shard ran with another --num_images, or stopped early; "
+                "rerun it with the flags of the others"
             )
+        found = defaultdict(set)
+        for records in mine:
+            for r in records:
+                if r["attack"] != "clean":
+                    found[r["attack"]].add(r.get("target"))
+        runs = sorted(
+            ((attack, t) for attack, ts in found.items() for t in set((targets or {}).get(attack, ())) or ts),
+            key=str,
+        )
+        for i, records in enumerate(mine):
+            orphans = sorted({r["image_id"] for r in records if r["attack"] != "clean"} - clean[i])
+            if orphans:
+                return (
+                    f"shard {i} has attack{on} records of {len(orphans)} image(s) it has no clean record of "
+                    f"(e.g. {orphans[0]}): not a file a shard writes; remove it and rerun that shard"
+                )
+            for attack, target in runs:
+                missing = sorted(
+                    image
+                    for image in clean[i]
+                    if (judge, image, attack, target) not in held[i] and (judge, image, attack, target) not in done
+                )
+                if missing:
+                    what = attack + ("" if target is None else f" (target {target})") + on
+                    return (
+                        f"shard {i} has no {what} record of {len(missing)} of its {len(clean[i])} images "
+                        f"(e.g. {missing[0]}), in its file or in records.jsonl: it stopped early or ran other "
+                        "--attacks; rerun it with the flags of the others"
+                    )
     return None
 
 
@@ -133,9 +157,15 @@ class RecordStore:
     so a killed run never leaves a stale one. It then repairs the file: an unterminated last line (a run
     killed mid-write) is cut off with a warning saying how many bytes were dropped, so the next append starts
     on a fresh line. ``writer=False`` reads without lock or repair.
+
+    ``done_in`` (a shard's store: the folder's records.jsonl) is read once, read-only, without lock or repair:
+    its keys count as recorded (:meth:`has`: a run skips them rather than recompute them in another batch
+    composition, where TF's kernels may round differently) and :meth:`append` never writes them to this file;
+    :meth:`copy_done` copies such records verbatim (a shard copies the clean records of its images, so its file
+    names every image it covers: shard_coverage_problem).
     """
 
-    def __init__(self, path: str, writer: bool = True, lock=None):
+    def __init__(self, path: str, writer: bool = True, lock=None, done_in: str | None = None):
         self.path = path
         # `lock`: one taken before with writer_lock(path) (a caller that must check more before writing)
         self._lock = (lock or writer_lock(path)) if writer else None
@@ -143,24 +173,34 @@ class RecordStore:
             self.records: list[dict] = read_records(path, warn=not writer) if os.path.exists(path) else []
             if writer:  # after the read: a file damaged elsewhere is refused untouched
                 repair_records(path)
+            done = read_records(done_in, warn=False) if done_in and os.path.exists(done_in) else []
         except BaseException:
             self.close()
             raise
         self.keys = {record_key(r) for r in self.records}
+        self.done: dict = {record_key(r): r for r in done}  # records of `done_in`, by key
 
     def has(self, key) -> bool:
-        return key in self.keys
+        return key in self.keys or key in self.done
 
     def append(self, records: Sequence[dict]) -> None:
-        """Append and fsync; records whose key is already stored are not written again."""
-        if self._lock is None:
-            raise RecordsError(f"{self.path}: store opened read-only")
+        """Append and fsync; records whose key is already stored (here or in ``done_in``) are not written."""
         fresh, seen = [], set()
         for r in records:
             key = record_key(r)
-            if key not in self.keys and key not in seen:
+            if not self.has(key) and key not in seen:
                 fresh.append(r)
                 seen.add(key)
+        self._write(fresh)
+
+    def copy_done(self, keys) -> None:
+        """Append and fsync, verbatim, the ``done_in`` records of those `keys` this file lacks."""
+        fresh = {key: self.done[key] for key in keys if key in self.done and key not in self.keys}
+        self._write(list(fresh.values()))
+
+    def _write(self, fresh: list[dict]) -> None:
+        if self._lock is None:
+            raise RecordsError(f"{self.path}: store opened read-only")
         if not fresh:
             return
         with open(self.path, "a") as f:
@@ -168,7 +208,7 @@ class RecordStore:
             f.flush()
             os.fsync(f.fileno())
         self.records.extend(fresh)
-        self.keys.update(seen)
+        self.keys.update(record_key(r) for r in fresh)
 
     def close(self) -> None:
         """Release the writer lock (also released when the process ends)."""
@@ -239,19 +279,20 @@ def record_key(r: dict):
 
 
 WALL_CLOCK_FIELDS = ("seconds",)  # two runs of one computation never share these
-# Relative tolerance on float fields of two records of one key: TF's kernels may round differently for another
-# batch composition (a shard or a resume batches the images differently), by far less than this.
+# Relative tolerance on float fields of two records of one key, for the records that can still meet (a shard
+# skips what records.jsonl holds when it starts; a key recorded there while it ran is computed twice): TF's
+# kernels may round differently for another batch composition, by far less than this.
 FLOAT_TOLERANCE = 1e-4
 
 
 def record_conflict(a: dict, b: dict) -> str | None:
     """Why two records of one key are not the same outcome (None if they are): the fields both carry must be
-    equal, floats within FLOAT_TOLERANCE relative, wall-clock fields aside. A field only one carries (a record
-    of an older version) is not a difference."""
+    equal, floats within FLOAT_TOLERANCE relative (two NaNs are equal), wall-clock fields aside. A field only
+    one carries (a record of an older version) is not a difference."""
     for field in sorted((set(a) & set(b)) - set(WALL_CLOCK_FIELDS)):
         x, y = a[field], b[field]
         if isinstance(x, float) and isinstance(y, float):
-            same = math.isclose(x, y, rel_tol=FLOAT_TOLERANCE, abs_tol=1e-6)
+            same = math.isclose(x, y, rel_tol=FLOAT_TOLERANCE, abs_tol=1e-6) or (math.isnan(x) and math.isnan(y))
         else:
             same = x == y and type(x) is type(y)
         if not same:
@@ -620,25 +661,38 @@ def _run_experiment(
         twice = sorted(i for i, n in Counter(dataset.ids).items() if n > 1)
         raise DataError(f"image ids {twice[:5]} name several images each: records need one id per image")
 
+    import tensorflow as tf
+
     from smoothadv_tf import attacks as attacks_lib  # TensorFlow: imported when attacks run, not to read records
     from smoothadv_tf import perceptibility
     from smoothadv_tf.smoothing import smoothness
 
     judges = evaluate_on or {"self": model}
     runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run, overrides, protocol)]
+    # Attacks that quantise (the default) round x to 8 bits on entry and judge "originally correct" there
+    # (AttackResult.original); the clean records judge the same image, so the two agree.
+    rounding = {bool(p.get("quantize", True)) for _, p in runs} or {True}
+    if len(rounding) > 1:
+        raise ValueError("attack runs with and without quantize: their clean images would differ; run them apart")
+    rounds = rounding.pop()
     tags = {"protocol": protocol, "run_id": run_id}
     bar = tqdm(total=len(indices) * len(runs), desc="attack runs x images", unit="img", disable=not progress)
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
         ids = [dataset.ids[i] for i in idx]
         x = dataset.images[idx]
+        if rounds:  # the clean image the attacks start from (attacks.common._prepare: float32, rounded)
+            x = attacks_lib.quantize(tf.constant(np.asarray(x, np.float32))).numpy()
         source_pred = np.argmax(attacks_lib.logits_of(model, x).numpy(), -1)
         y = np.where(dataset.labels[idx] >= 0, dataset.labels[idx], source_pred)
-        clean = []
+        clean, copied = [], []
         for judge_name, judge in judges.items():
             pred = source_pred if judge is model else np.argmax(attacks_lib.logits_of(judge, x).numpy(), -1)
             for k, image_id in enumerate(ids):
-                if not store.has((judge_name, image_id, "clean", None)):
+                if store.has((judge_name, image_id, "clean", None)):
+                    # a shard copies the clean records its folder's records.jsonl holds (RecordStore.done_in)
+                    copied.append((judge_name, image_id, "clean", None))
+                else:
                     # In transfer, an image counts only if both the source and the judged model get it right.
                     correct = bool(pred[k] == y[k] and source_pred[k] == y[k])
                     clean.append(
@@ -653,7 +707,8 @@ def _run_experiment(
                             **tags,
                         }
                     )
-        store.append(clean)
+        store.copy_done(copied)
+        store.append(clean)  # the clean records of a batch first: shard_coverage_problem relies on it
         if save_images_dir:
             _save_pngs(save_images_dir, "original", None, ids, x)
         for attack, params in runs:
@@ -665,10 +720,12 @@ def _run_experiment(
             started = time.perf_counter()
             result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)  # numpy: finished
             seconds = (time.perf_counter() - started) / len(todo)
-            # perceptibility of the judged (quantised) image, as D
-            smooth = smoothness(result.adversarial - x[todo], x[todo]).numpy()
-            ssim = perceptibility.ssim(x[todo], result.adversarial)
-            psnr = perceptibility.psnr(x[todo], result.adversarial)
+            # perceptibility of the judged (quantised) image against the image the attack started from and
+            # measured D from (x rounded to 8 bits when quantising), as D
+            original = result.original
+            smooth = smoothness(result.adversarial - original, original).numpy()
+            ssim = perceptibility.ssim(original, result.adversarial)
+            psnr = perceptibility.psnr(original, result.adversarial)
             new = []
             for judge_name, judge in judges.items():
                 if judge is model:

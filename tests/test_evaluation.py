@@ -563,3 +563,47 @@ def test_attack_runs_take_only_their_own_overrides():
     fgsm = evaluation.attack_runs("fgsm", "mnist", overrides=overrides)
     assert [r["epsilon"] for r in fgsm] == evaluation.TARGETS["mnist"]["fgsm"]
     assert all(set(r) <= set(presets.OPTIONS["fgsm"]) for r in fgsm)
+
+
+def test_run_experiment_judges_and_measures_the_image_the_attacks_round_to(tmp_path, fashion_test, c4_model):
+    """Off-grid images (float images of API users; 16-bit PNGs load as values / 65535): quantising attacks
+    round x to 8 bits on entry and judge "originally correct" there, so the clean record judges that image
+    too (also where rounding moves an image across the model's decision boundary), and an image the attack
+    leaves as it is scores as the image itself (PSNR +inf, smoothness 0, SSIM 1), not as its rounding noise."""
+    import tensorflow as tf
+
+    from smoothadv_tf import attacks
+    from smoothadv_tf.data import Dataset
+
+    x, y = fashion_test.images[:500], fashion_test.labels[:500]
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        logits = c4_model(xt)
+        true = tf.gather(logits, y, batch_dims=1)
+        margin = true - tf.reduce_max(logits - 1e9 * tf.one_hot(y, 10), -1)
+    gradient = tape.gradient(margin, xt).numpy()
+    correct = np.argmax(logits.numpy(), -1) == y
+    # nudged towards the other side of the boundary by less than half an 8-bit level: it rounds back to x
+    toward = np.where(correct[:, None, None, None], -np.sign(gradient), np.sign(gradient))
+    off = np.clip(x + 0.45 / 255 * toward, 0, 1).astype(np.float32)
+    assert np.array_equal(attacks.quantize(off).numpy(), attacks.quantize(x).numpy())
+    flipped = (np.argmax(c4_model(off).numpy(), -1) == y) != correct
+    pick = np.concatenate([np.flatnonzero(flipped)[:4], np.flatnonzero(~flipped)[:4]])
+    assert flipped.sum() > 0 and len(pick) == 8, flipped.sum()
+    dataset = Dataset(off[pick], y[pick], [f"off-{i}" for i in pick], 10)
+    untouched = {"epsilon_l2": 1e-6, "step_l2": 1e-6, "iterations": 1}  # far below one 8-bit level
+    with evaluation.RecordStore(str(tmp_path / "records.jsonl")) as store:
+        evaluation.run_experiment(
+            c4_model, dataset, ["pgd2"], "mnist", store, np.arange(8), batch_size=8, overrides=untouched, progress=False
+        )
+    records = evaluation.read_records(str(tmp_path / "records.jsonl"))
+    clean = {r["image_id"]: r["correct"] for r in records if r["attack"] == "clean"}
+    result = attacks.pgd2(c4_model, off[pick], y[pick], epsilon=1e-6, step=1e-6, iterations=1)
+    assert [clean[i] for i in dataset.ids] == result.originally_correct.tolist()
+    assert [clean[i] for i in dataset.ids[:4]] == correct[pick[:4]].tolist()  # rounding undid the nudge
+    attacked = [r for r in records if r["attack"] == "pgd2"]
+    assert len(attacked) == 8
+    for r in attacked:
+        assert not r["success"] and r["distortion"] == 0.0, r
+        assert r["psnr"] is None and r["smoothness"] == 0.0 and r["ssim"] == pytest.approx(1.0, abs=1e-6), r

@@ -8,10 +8,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections import Counter
 
 import pytest
+from conftest import assert_refused, run_script, tree
 
 from smoothadv_tf import evaluation
 
@@ -20,36 +20,13 @@ FOLDER = "white_box/fashion_mnist-c4/paper"
 SHARDS = ("records-shard0000-of-0002.jsonl", "records-shard0001-of-0002.jsonl")
 
 
-def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")}
-    env = {**env, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", script), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-
-
 def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
 def refused(done: subprocess.CompletedProcess, script: str, *fragments: str) -> None:
-    ours = [ln for ln in done.stderr.splitlines() if ln.startswith(f"{script}: error:")]
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert len(ours) == 1, done.stderr[-3000:]
-    for fragment in fragments:
-        assert fragment in ours[0], ours[0]
-    assert "Traceback" not in done.stderr
-
-
-def tree(path) -> dict:
-    """Every file under `path` (lock files aside) with its bytes."""
-    out = {}
-    for folder, _, files in os.walk(path):
-        for name in files:
-            if not name.endswith(".lock"):
-                full = os.path.join(folder, name)
-                out[os.path.relpath(full, path)] = open(full, "rb").read()
-    return out
+    assert_refused(done, script, *fragments)
 
 
 def white_box(out, c4_path, *args):
@@ -132,7 +109,7 @@ def test_merge_refuses_shards_of_other_attacks_or_images(before_merge, tmp_path)
     edit_shard(folder, 1, keep=lambda r: r["attack"] != "pgd2")
     before = tree(folder)
     done = run_script("merge_results.py", f"--results_dir={folder}")
-    refused(done, "merge_results.py", "the shards hold pgd2 (target 1.0) records of [10, 0] images")
+    refused(done, "merge_results.py", "shard 1 has no pgd2 (target 1.0) record of 10 of its 10 images (e.g. ")
     assert tree(folder) == before
 
     # shard 0 stopped before its last ε runs on some images
@@ -142,7 +119,18 @@ def test_merge_refuses_shards_of_other_attacks_or_images(before_merge, tmp_path)
     edit_shard(folder, 0, keep=lambda r: not (r["image_id"] == first and r.get("target") == 6.0))
     before = tree(folder)
     done = run_script("merge_results.py", f"--results_dir={folder}")
-    refused(done, "merge_results.py", f"shard 0 has pgd2 records of 1 image(s) without target 6.0 (e.g. {first})")
+    refused(done, "merge_results.py", f"shard 0 has no pgd2 (target 6.0) record of 1 of its 10 images (e.g. {first})")
+    assert tree(folder) == before
+
+    # shard 1 killed after the clean record of its last image (the last of the run) and before its attack: each
+    # key alone is a valid split (PGD₂ of 19 images), but that image has a clean record and no PGD₂ one
+    shutil.rmtree(tmp_path / "out")
+    folder = copy(before_merge, tmp_path)
+    last = sorted({r["image_id"] for r in evaluation.read_records(str(folder / SHARDS[1]))})[-1]
+    edit_shard(folder, 1, keep=lambda r: not (r["image_id"] == last and r["attack"] == "pgd2"))
+    before = tree(folder)
+    done = run_script("merge_results.py", f"--results_dir={folder}")
+    refused(done, "merge_results.py", f"shard 1 has no pgd2 (target 1.0) record of 1 of its 10 images (e.g. {last})")
     assert tree(folder) == before
 
 
@@ -178,11 +166,16 @@ def test_record_conflict_ignores_wall_clock_and_float_rounding():
     assert evaluation.record_conflict(a, {**a, "success": False}) == "success True vs False"
     assert evaluation.record_conflict(a, {**a, "iterations": 3}) is None  # a field only one carries
     assert evaluation.record_conflict({**a, "prediction": 1}, {**a, "prediction": True}) is not None
+    nan = {**a, "distortion": float("nan")}
+    assert evaluation.record_conflict(nan, {**nan, "seconds": 0.2}) is None  # NaN is NaN's duplicate
+    assert evaluation.record_conflict(nan, a) == "distortion nan vs 0.8"
 
 
 def test_shard_coverage_matches_shard_indices():
     """Every split shard_indices makes is accepted; one image fewer in a shard is refused, unless that shard
-    owns the last image (then the shards are exactly the split of --num_images one lower)."""
+    owns the last image (then the shards are exactly the split of --num_images one lower). An image with a
+    clean record and no attack record (a shard killed between the two) is refused in any shard, the last
+    image's too."""
     for num_images in range(1, 12):
         for num_shards in (1, 2, 3, 5):
             shards = [
@@ -191,7 +184,71 @@ def test_shard_coverage_matches_shard_indices():
             ]
             assert evaluation.shard_coverage_problem(shards) is None
             for k, shard in enumerate(shards):
+                if shard and num_images > 1:  # (with no attack record anywhere, nothing says C&W ran)
+                    # killed after the clean record of its last image
+                    cut = [*shards[:k], shard[:-1], *shards[k + 1 :]]
+                    assert "has no carlini_wagner_l2 record of 1 of its" in evaluation.shard_coverage_problem(cut)
                 if shard and k != (num_images - 1) % num_shards:
                     short = [r for r in shard if r["image_id"] != shard[0]["image_id"]]
                     assert evaluation.shard_coverage_problem([*shards[:k], short, *shards[k + 1 :]]) is not None
                     assert evaluation.shard_coverage_problem([*shards[:k], shard[1:], *shards[k + 1 :]]) is not None
+
+
+def test_shard_coverage_counts_the_records_already_in_the_folder():
+    """Shards that skipped keys records.jsonl holds (their files hold the copied clean records of their images
+    and only the attack records they computed) are complete with what records.jsonl holds, and only then."""
+
+    def r(i, attack, target=None):
+        return {"image_id": f"im{i}", "attack": attack, "target": target}
+
+    existing = [r(i, a) for i in range(6) for a in ("clean", "fgsm")] + [r(i, "pgd2", 1.0) for i in range(4)]
+    shards = [
+        [r(i, "clean") for i in (0, 2, 4, 6)] + [r(i, "pgd2", 1.0) for i in (4, 6)] + [r(6, "fgsm")],
+        [r(i, "clean") for i in (1, 3, 5, 7)] + [r(i, "pgd2", 1.0) for i in (5, 7)] + [r(7, "fgsm")],
+    ]
+    assert evaluation.shard_coverage_problem(shards, existing=existing) is None
+    assert evaluation.shard_coverage_problem(shards, {"fgsm": [None], "pgd2": [1.0]}, existing) is None
+    # without records.jsonl, the same shard files lack PGD₂ of images 0..3 and FGSM of 0..5
+    assert "shard 0 has no fgsm record of 3 of its 4 images (e.g. im0)" in evaluation.shard_coverage_problem(shards)
+    # records.jsonl lacks PGD₂ of image 3 (an earlier run stopped early): shard 1 is not complete with it
+    partial = [x for x in existing if (x["image_id"], x["attack"]) != ("im3", "pgd2")]
+    problem = evaluation.shard_coverage_problem(shards, existing=partial)
+    assert "shard 1 has no pgd2 (target 1.0) record of 1 of its 4 images (e.g. im3)" in problem
+    # a target run.json lists that neither the shards nor records.jsonl hold
+    problem = evaluation.shard_coverage_problem(shards, {"fgsm": [None], "pgd2": [1.0, 2.0]}, existing)
+    assert "shard 0 has no pgd2 (target 2.0) record of 4 of its 4 images" in problem
+    # attack records of an image the shard's file has no clean record of (the clean counts are a valid split)
+    orphan = [shards[0], [x for x in shards[1] if x != r(7, "clean")]]
+    assert "shard 1 has attack records of 1 image(s) it has no clean record of (e.g. im7)" in (
+        evaluation.shard_coverage_problem(orphan, None, existing)
+    )
+    stray = [[*shards[0], r(9, "fgsm")], shards[1]]
+    assert "shard 0 has attack records of 1 image(s) it has no clean record of (e.g. im9)" in (
+        evaluation.shard_coverage_problem(stray, None, existing)
+    )
+
+
+def test_a_shard_store_skips_and_never_writes_the_folders_records(tmp_path):
+    """RecordStore(done_in=records.jsonl): its keys count as recorded, append leaves them out of the shard's
+    file, copy_done copies them verbatim; records.jsonl itself is only read."""
+    folder_records = tmp_path / "records.jsonl"
+    done = [
+        {"evaluated_on": "self", "image_id": "a", "attack": "clean", "target": None, "correct": True},
+        {"evaluated_on": "self", "image_id": "a", "attack": "pgd2", "target": 1.0, "distortion": 0.5},
+    ]
+    folder_records.write_text("".join(json.dumps(x) + "\n" for x in done) + '{"image_id": "b", "att')  # mid-write
+    original = folder_records.read_bytes()
+    shard = tmp_path / SHARDS[0]
+    with evaluation.RecordStore(str(shard), done_in=str(folder_records)) as store:
+        assert store.has(("self", "a", "clean", None)) and store.has(("self", "a", "pgd2", 1.0))
+        assert not store.has(("self", "b", "clean", None)) and store.records == []
+        recomputed = {**done[1], "distortion": 0.5001}
+        fresh = {**done[1], "image_id": "b"}
+        store.append([recomputed, fresh])
+        assert evaluation.read_records(str(shard)) == [fresh]  # the folder's key is not written again
+        store.copy_done([("self", "a", "clean", None), ("self", "a", "clean", None), ("self", "b", "pgd2", 1.0)])
+        store.copy_done([("self", "a", "clean", None)])  # once
+        assert evaluation.read_records(str(shard)) == [fresh, done[0]]
+    assert folder_records.read_bytes() == original
+    with evaluation.RecordStore(str(tmp_path / "other.jsonl"), done_in=str(tmp_path / "absent.jsonl")) as store:
+        assert store.done == {} and not store.has(("self", "a", "clean", None))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import subprocess
@@ -66,21 +68,62 @@ def _untimed(text: str) -> str:
     return re.sub(r'"(seconds|ms_per_image)": [0-9.eE+-]+', r'"\1": T', text)
 
 
+ONEDNN_OFF = os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0"
+# oneDNN's kernels (TensorFlow's default on recent x86 CPUs) may round differently for another batch size: a
+# replica's share is half the batch. Measured on this AVX-512 CPU: distortions, SSIM, PSNR and smoothness within
+# 1e-4 relative, decisions identical; with TF_ENABLE_ONEDNN_OPTS=0 the records are bitwise equal.
+FLOAT_RTOL = 1e-3
+
+
+def _assert_same_records(a: str, b: str, name: str) -> None:
+    """Equal but for the wall-clock fields: bitwise with oneDNN off, else every non-float field equal and the
+    floats within FLOAT_RTOL (the largest relative difference is printed)."""
+    if ONEDNN_OFF:
+        assert _untimed(a) == _untimed(b), name
+        return
+    parse = (lambda t: [json.loads(line) for line in t.splitlines()]) if name.endswith(".jsonl") else json.loads
+    pairs = list(zip(_flat(parse(a)), _flat(parse(b)), strict=True))
+    worst = 0.0
+    for (path, x), (other_path, y) in pairs:
+        assert path == other_path, (name, path, other_path)  # the same field of the same record
+        if path[-1] in ("seconds", "ms_per_image") or (isinstance(x, float) and math.isnan(x) and y != y):
+            continue
+        if isinstance(x, float) and isinstance(y, float):
+            assert x == pytest.approx(y, rel=FLOAT_RTOL), (name, path)
+            worst = max(worst, abs(x - y) / max(abs(x), 1e-12))
+        else:
+            assert x == y, (name, path, x, y)
+    print(f"{name}: largest relative difference between one and two devices {worst:.2e}")
+
+
+def _flat(value, path=()):
+    """(path, leaf) pairs of nested JSON values, in order."""
+    if isinstance(value, dict):
+        for key in value:
+            yield from _flat(value[key], (*path, key))
+    elif isinstance(value, list):
+        for k, item in enumerate(value):
+            yield from _flat(item, (*path, k))
+    else:
+        yield path, value
+
+
 @pytest.mark.slow
-def test_two_devices_record_exactly_what_one_device_records(tmp_path, c4_path):
+def test_two_devices_record_what_one_device_records(tmp_path, c4_path):
     """All six attacks (the smoothing solve included) through white_box.py, on the default single device and
-    on the CPU split into two logical devices under MirroredStrategy: byte-identical records and summary. Each
-    image keeps its own state in every loop, and a replica runs the very loop one device runs on its share,
-    so nothing but batch composition changes; here it changes nothing at all (bitwise)."""
+    on the CPU split into two logical devices under MirroredStrategy: the same records and summary. Each image
+    keeps its own state in every loop, and a replica runs the very loop one device runs on its share, so
+    nothing but batch composition changes: bitwise nothing with oneDNN off; with it on, float rounding only."""
     _white_box(tmp_path / "one", c4_path)
     two = _white_box(tmp_path / "two", c4_path, "--devices=CPU:0,CPU:1")
     assert "MirroredStrategy" in two.stderr  # the batches really were split over two replicas
     run = "white_box/fashion_mnist-c4/paper"
     one, other = tmp_path / "one" / run, tmp_path / "two" / run
     assert (one / "run.json").read_bytes() == (other / "run.json").read_bytes()
-    for name in ("records.jsonl", "summary.json"):  # bitwise, but for the wall-clock each record carries
+    for name in ("records.jsonl", "summary.json"):  # but for the wall-clock each record carries
         text = (one / name).read_text()
-        assert _untimed(text) != text and _untimed(text) == _untimed((other / name).read_text()), name
+        assert _untimed(text) != text, name
+        _assert_same_records(text, (other / name).read_text(), name)
     records = (tmp_path / "one" / run / "records.jsonl").read_text().splitlines()
     runs = sum(len(evaluation.attack_runs(a, "mnist", overrides={"iterations": 5})) for a in presets.PAPER_ATTACKS)
     assert len(records) == 15 * (1 + runs)  # a clean record and one per attack run (ε sweeps included) per image

@@ -86,6 +86,37 @@ def test_merge_keeps_earlier_records_and_a_later_resume(before_merge, tmp_path, 
     assert summary["images"] == 30 and {r["images"] for r in summary["attacks"].values()} == {summary["correct"]}
 
 
+@pytest.mark.slow
+def test_shards_skip_what_records_jsonl_holds_and_a_retry_after_the_merge_is_a_no_op(before_merge, tmp_path, c4_path):
+    """A shard reads the folder's records.jsonl: it recomputes nothing recorded there (in another batch
+    composition TF's kernels may round differently, and the merge would refuse the difference), copying only the
+    clean records of its images; so a shard retried after the merge adds nothing and the merge removes it as a
+    no-op, though the other shards' files are gone; an extension computes only the new images."""
+    folder = copy(before_merge, tmp_path)
+    ok(run_script("merge_results.py", f"--results_dir={folder}"))
+    merged = (folder / "records.jsonl").read_bytes()
+    held = {evaluation.record_key(r): r for r in evaluation.read_records(str(folder / "records.jsonl"))}
+
+    white_box(tmp_path / "out", c4_path, *PGD2, "--num_images=20", "--num_shards=2", "--shard_index=1")  # a retry
+    retried = evaluation.read_records(str(folder / SHARDS[1]))
+    assert {r["attack"] for r in retried} == {"clean"} and len(retried) == 10, (
+        "a shard recomputed keys records.jsonl holds: experiment.run must open its RecordStore with done_in"
+    )  # its images, named
+    assert all(held[evaluation.record_key(r)] == r for r in retried)  # copied, not recomputed
+    done = ok(run_script("merge_results.py", f"--results_dir={folder}"))
+    assert "add nothing" in done.stdout
+    assert (folder / "records.jsonl").read_bytes() == merged and not (folder / SHARDS[1]).exists()
+    done = ok(run_script("merge_results.py", f"--results_dir={folder}"))  # no shard files: the tables only
+    assert "nothing to merge" in done.stdout and (folder / "records.jsonl").read_bytes() == merged
+
+    pgd2_shards(tmp_path / "out", c4_path, 24)  # four more images
+    computed = [r for name in SHARDS for r in evaluation.read_records(str(folder / name)) if r["attack"] == "pgd2"]
+    assert len(computed) == 4 * 6 and not {evaluation.record_key(r) for r in computed} & set(held)
+    ok(run_script("merge_results.py", f"--results_dir={folder}"))
+    assert (folder / "records.jsonl").read_bytes().startswith(merged)
+    assert counts(folder) == {"clean": 24, "fgsm": 120, "pgd2": 144}
+
+
 def edit_shard(folder, index, keep=lambda r: True, change=lambda r: r):
     path = folder / SHARDS[index]
     records = [change(dict(r)) for r in evaluation.read_records(str(path)) if keep(r)]

@@ -652,7 +652,9 @@ def run(
         lock.close()
         raise
     indices = evaluation.shard_indices(min(FLAGS.num_images, len(dataset)), FLAGS.num_shards, shard_index())
-    with evaluation.RecordStore(records_path(out_dir), lock=lock) as store:
+    # a shard skips what the folder's merged records.jsonl already holds (an earlier run, an earlier merge)
+    merged = os.path.join(out_dir, "records.jsonl") if FLAGS.num_shards > 1 else None
+    with evaluation.RecordStore(records_path(out_dir), lock=lock, done_in=merged) as store:
         logging.info("run %s (protocol %s) in %s", rid, FLAGS.protocol, out_dir)  # once its records are readable
         evaluation.run_experiment(
             model,

@@ -10,20 +10,19 @@ absl, and what they log while they load — before anything calls ``absl::Initia
 to file descriptor 2 whatever the variable says (``port.cc``'s oneDNN notice, ``cudart_stub.cc``,
 ``cpu_feature_guard.cc``; measured: present with ``TF_CPP_MIN_LOG_LEVEL=3``). Platform start-up then logs
 ``failed call to cuInit: ... CUDA error`` on machines with CUDA libraries and no GPU. So a script, unless asked
-for ``--verbosity`` >= 1, points descriptor 2 at a scratch file while ``tensorflow`` is imported and its
-platforms are listed (what it said is shown if that fails), and sets ``TF_CPP_MIN_LOG_LEVEL=3`` where the user
-has not set it (the later notices, e.g. XLA's, honour it).
+for ``--verbosity`` >= 1, points descriptor 2 at a pipe held by a small child process while ``tensorflow`` is
+imported and its platforms are listed (what it said is shown if that fails, even by an abort of the process),
+and sets ``TF_CPP_MIN_LOG_LEVEL=3`` where the user has not set it (the later notices, e.g. XLA's, honour it).
 """
 
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import importlib.abc
 import importlib.machinery
 import os
+import subprocess
 import sys
-import tempfile
 
 from absl import app, flags
 
@@ -63,35 +62,38 @@ def run_script(main) -> None:
     app.run(guarded, flags_parser=parse)
 
 
+# The marker a successful window ends with: what came before it is dropped, anything after it is shown.
+_QUIET_OK = b"\n\x00smoothadv_tf: tensorflow started\x00\n"
+# Holds what native code writes while TensorFlow starts, and prints it to the real stderr unless the window
+# ends well: a child process, so that an abort of this one (TensorFlow's own CPU check aborts) still shows why.
+_HOLDER = (
+    f"import sys; data = sys.stdin.buffer.read(); head, ok, tail = data.partition({_QUIET_OK!r}); "
+    "sys.stderr.buffer.write(tail if ok else head)"
+)
+
+
 @contextlib.contextmanager
 def native_stderr_silenced():
-    """Send what native code writes to file descriptor 2 to a scratch file for the duration; if the body
-    raises, what was written is shown after all (it may say why). Should native code abort the process
-    meanwhile, Python's fault handler still reports on the real stderr, and the scratch file
-    ($TMPDIR/smoothadv_tf-tensorflow-start-*.log) is left behind with what TensorFlow said; else it is removed."""
+    """Hold what is written to file descriptor 2 for the duration; shown after all if the body raises or the
+    process dies meanwhile (it may say why), dropped if the body completes."""
     sys.stderr.flush()
     saved = os.dup(2)
-    fd, scratch = tempfile.mkstemp(prefix="smoothadv_tf-tensorflow-start-", suffix=".log")
-    was_enabled = faulthandler.is_enabled()
-    faulthandler.enable(file=saved)
-    os.dup2(fd, 2)
-    failed = True
+    read_end, write_end = os.pipe()
+    holder = subprocess.Popen(  # -I -S: no site or sitecustomize of the environment, just this program
+        [sys.executable, "-I", "-S", "-c", _HOLDER], stdin=read_end, stdout=subprocess.DEVNULL, stderr=saved
+    )
+    os.close(read_end)
+    os.dup2(write_end, 2)
+    os.close(write_end)
     try:
         yield
-        failed = False
+        sys.stderr.flush()
+        os.write(2, _QUIET_OK)
     finally:
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        if was_enabled:
-            faulthandler.enable()
-        else:
-            faulthandler.disable()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the holder reads to its end and exits
         os.close(saved)
-        if failed:
-            os.lseek(fd, 0, os.SEEK_SET)
-            sys.stderr.write(os.read(fd, os.fstat(fd).st_size).decode(errors="replace"))
-        os.close(fd)
-        os.remove(scratch)
+        holder.wait()
 
 
 class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):

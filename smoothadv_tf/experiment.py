@@ -672,6 +672,8 @@ def run(
             run_id=rid,
             strategy=strategy(),
         )
+        if FLAGS.num_shards > 1 and not os.path.exists(store.path):  # a shard given no images (more shards than
+            open(store.path, "a").close()  # images) ran all the same: its empty file says so to the merge
     if FLAGS.num_shards > 1:
         print(f"shard {shard_index()}/{FLAGS.num_shards} done: {store.path}; merge with scripts/merge_results.py")
         return None, out_dir

@@ -283,3 +283,16 @@ def test_a_shard_store_skips_and_never_writes_the_folders_records(tmp_path):
     assert folder_records.read_bytes() == original
     with evaluation.RecordStore(str(tmp_path / "other.jsonl"), done_in=str(tmp_path / "absent.jsonl")) as store:
         assert store.done == {} and not store.has(("self", "a", "clean", None))
+
+
+@pytest.mark.slow
+def test_more_shards_than_images_merge(tmp_path, c4_path):
+    """2 images over 3 shards: the shard given none still leaves its (empty) file, so the merge is not refused
+    for ever as 'has not run'."""
+    fgsm = ["--attacks=fgsm", "--attack_params=epsilon=0.1", "--num_images=2", "--num_shards=3"]
+    for index in range(3):
+        white_box(tmp_path, c4_path, *fgsm, f"--shard_index={index}")
+    folder = tmp_path / FOLDER
+    assert (folder / "records-shard0002-of-0003.jsonl").read_text() == ""
+    ok(run_script("merge_results.py", f"--results_dir={folder}"))
+    assert counts(folder) == Counter({"clean": 2, "fgsm": 2})

@@ -123,46 +123,46 @@ def edit_shard(folder, index, keep=lambda r: True, change=lambda r: r):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+def assert_merge_refused(folder, fragment: str) -> None:
+    """merge_results.py refuses the folder with one line holding `fragment` and changes nothing in it."""
+    before = tree(folder)
+    refused(run_script("merge_results.py", f"--results_dir={folder}"), "merge_results.py", fragment)
+    assert tree(folder) == before
+
+
+def image_ids(folder, shard: int) -> list[str]:
+    return sorted({r["image_id"] for r in evaluation.read_records(str(folder / SHARDS[shard]))})
+
+
 @pytest.mark.slow
 def test_merge_refuses_shards_of_other_attacks_or_images(before_merge, tmp_path):
-    folder = copy(before_merge, tmp_path)
+    def fresh():
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        return copy(before_merge, tmp_path)
+
     # shard 1 as if run with --num_images=10: images 1, 3, ..., 9 only
-    ids = sorted({r["image_id"] for r in evaluation.read_records(str(folder / SHARDS[1]))})
+    folder = fresh()
+    ids = image_ids(folder, 1)
     edit_shard(folder, 1, keep=lambda r: r["image_id"] in ids[:5])
-    before = tree(folder)
-    done = run_script("merge_results.py", f"--results_dir={folder}")
-    refused(done, "merge_results.py", "the shards hold clean records of [10, 5] images, not one --num_images")
-    assert tree(folder) == before
+    assert_merge_refused(folder, "the shards hold clean records of [10, 5] images, not one --num_images")
 
     # shard 1 as if run without PGD₂ (another --attacks)
-    shutil.rmtree(tmp_path / "out")
-    folder = copy(before_merge, tmp_path)
+    folder = fresh()
     edit_shard(folder, 1, keep=lambda r: r["attack"] != "pgd2")
-    before = tree(folder)
-    done = run_script("merge_results.py", f"--results_dir={folder}")
-    refused(done, "merge_results.py", "shard 1 has no pgd2 (target 1.0) record of 10 of its 10 images (e.g. ")
-    assert tree(folder) == before
+    assert_merge_refused(folder, "shard 1 has no pgd2 (target 1.0) record of 10 of its 10 images (e.g. ")
 
     # shard 0 stopped before its last ε runs on some images
-    shutil.rmtree(tmp_path / "out")
-    folder = copy(before_merge, tmp_path)
-    first = sorted({r["image_id"] for r in evaluation.read_records(str(folder / SHARDS[0]))})[0]
+    folder = fresh()
+    first = image_ids(folder, 0)[0]
     edit_shard(folder, 0, keep=lambda r: not (r["image_id"] == first and r.get("target") == 6.0))
-    before = tree(folder)
-    done = run_script("merge_results.py", f"--results_dir={folder}")
-    refused(done, "merge_results.py", f"shard 0 has no pgd2 (target 6.0) record of 1 of its 10 images (e.g. {first})")
-    assert tree(folder) == before
+    assert_merge_refused(folder, f"shard 0 has no pgd2 (target 6.0) record of 1 of its 10 images (e.g. {first})")
 
     # shard 1 killed after the clean record of its last image (the last of the run) and before its attack: each
     # key alone is a valid split (PGD₂ of 19 images), but that image has a clean record and no PGD₂ one
-    shutil.rmtree(tmp_path / "out")
-    folder = copy(before_merge, tmp_path)
-    last = sorted({r["image_id"] for r in evaluation.read_records(str(folder / SHARDS[1]))})[-1]
+    folder = fresh()
+    last = image_ids(folder, 1)[-1]
     edit_shard(folder, 1, keep=lambda r: not (r["image_id"] == last and r["attack"] == "pgd2"))
-    before = tree(folder)
-    done = run_script("merge_results.py", f"--results_dir={folder}")
-    refused(done, "merge_results.py", f"shard 1 has no pgd2 (target 1.0) record of 1 of its 10 images (e.g. {last})")
-    assert tree(folder) == before
+    assert_merge_refused(folder, f"shard 1 has no pgd2 (target 1.0) record of 1 of its 10 images (e.g. {last})")
 
 
 @pytest.mark.slow

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from smoothadv_tf.numerics import safe_sqrt
+
 HALF_OFFSETS = {4: ((0, 1), (1, 0)), 8: ((0, 1), (1, 0), (1, 1), (1, -1))}
 KERNELS = ("laplacian", "gaussian")
 MODES = ("joint", "per_channel")
@@ -51,12 +53,6 @@ def stencil_apply(coeffs: tf.Tensor, offsets, v: tf.Tensor) -> tf.Tensor:
         c = coeffs[:, :, :, k, :]
         out += c * shift(v, dy, dx) + shift(c * v, -dy, -dx)
     return out
-
-
-def _safe_norm(sq: tf.Tensor) -> tf.Tensor:
-    """sqrt with a finite gradient at 0 (equal neighbours are common: flat areas)."""
-    positive = sq > 0
-    return tf.where(positive, tf.sqrt(tf.where(positive, sq, tf.ones_like(sq))), tf.zeros_like(sq))
 
 
 @dataclass
@@ -137,7 +133,7 @@ def image_graph(
         diff2 = tf.square(shift(x_o, dy, dx) - x_o)
         sq = tf.reduce_sum(diff2, -1, keepdims=True) if mode == "joint" else diff2
         if kernel == "laplacian":
-            wk = tf.exp(-_safe_norm(sq) / sigma)
+            wk = tf.exp(-safe_sqrt(sq) / sigma)  # safe: equal neighbours (flat areas) are common
         else:
             wk = tf.exp(-sq / (2.0 * sigma**2))
         weights.append(wk * shift(ones, dy, dx))  # no edge to a pixel outside the image

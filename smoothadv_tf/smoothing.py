@@ -27,6 +27,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from smoothadv_tf.graph import ImageGraph, check_guide, image_graph, stencil_apply
+from smoothadv_tf.numerics import safe_div
 
 DENSE_MAX_PIXELS = 4096
 # A CG column is frozen once ||r||^2 <= RESIDUAL_FLOOR * ||z||^2 (relative residual 1e-7, float32 precision).
@@ -56,11 +57,6 @@ def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.reduce_sum(tf.reshape(partial, (batch, DOT_LANES, channels)), axis=1), (batch, 1, 1, channels))
 
 
-def _safe_div(num: tf.Tensor, den: tf.Tensor, active: tf.Tensor) -> tf.Tensor:
-    """num / den where active, else 0, with finite gradients on both branches."""
-    return tf.where(active, num / tf.where(active, den, tf.ones_like(den)), tf.zeros_like(num))
-
-
 def conjugate_gradient(matvec, b: tf.Tensor, iterations: int, tol: float = 0.0, record: bool = False):
     """Solve A x = b for SPD A, independently per image and channel, starting at x = 0.
 
@@ -81,11 +77,11 @@ def conjugate_gradient(matvec, b: tf.Tensor, iterations: int, tol: float = 0.0, 
         active = rs > floor
         ap = matvec(p)
         pap = _dot(p, ap)
-        step = _safe_div(rs, pap, active)
+        step = safe_div(rs, pap, active)
         x = x + step * p
         r = r - step * ap
         rs_new = _dot(r, r)
-        beta = _safe_div(rs_new, rs, active & (rs_new > floor))
+        beta = safe_div(rs_new, rs, active & (rs_new > floor))
         trajectory = tuple(array.write(k, value) for array, value in zip(trajectory, (p, pap, rs)))
         p = r + beta * p
         return (k + 1, x, r, p, rs_new, *trajectory)
@@ -117,7 +113,7 @@ def conjugate_gradient_vjp(matvec, b: tf.Tensor, g: tf.Tensor, trajectory: CGTra
     so that the forward pass need not be re-run: per step it costs two products with A (A symmetric) and
     three inner products. The residuals r_k are recovered backwards from r_K by r_k = r_{k+1} + a_k A p_k.
     Frozen columns (step and beta forced to 0 by the guards) pass no gradient through those scalars, as in
-    :func:`_safe_div`.
+    :func:`~smoothadv_tf.numerics.safe_div`.
     """
     t = trajectory
     iterations = t.directions.shape[0]
@@ -132,16 +128,16 @@ def conjugate_gradient_vjp(matvec, b: tf.Tensor, g: tf.Tensor, trajectory: CGTra
         pq, rs = tf.gather(t.curvatures, k), tf.gather(t.residuals, k)
         active = rs > t.floor
         active_beta = active & (rs_next > t.floor)
-        step = _safe_div(rs, pq, active)
-        beta = _safe_div(rs_next, rs, active_beta)
+        step = safe_div(rs, pq, active)
+        beta = safe_div(rs_next, rs, active_beta)
         q = matvec(p)
         beta_bar = _dot(p_bar_next, p)
-        rs_bar_total = rs_bar_next + _safe_div(beta_bar, rs, active_beta)  # all uses of rs' = <r', r'>
-        rs_bar = -_safe_div(beta_bar * beta, rs, active_beta)
+        rs_bar_total = rs_bar_next + safe_div(beta_bar, rs, active_beta)  # all uses of rs' = <r', r'>
+        rs_bar = -safe_div(beta_bar * beta, rs, active_beta)
         r_bar = r_bar_next + p_bar_next + 2.0 * rs_bar_total * r_next
         step_bar = _dot(g, p) - _dot(r_bar, q)
-        rs_bar += _safe_div(step_bar, pq, active)
-        pq_bar = -_safe_div(step_bar * step, pq, active)
+        rs_bar += safe_div(step_bar, pq, active)
+        pq_bar = -safe_div(step_bar * step, pq, active)
         # p_bar = beta p_bar' + a g + pq_bar q + A(pq_bar p - a r_bar), and A p = q
         p_bar = beta * p_bar_next + step * g + 2.0 * pq_bar * q - step * matvec(r_bar)
         r = r_next + step * q
@@ -423,5 +419,4 @@ def smoothness(r, x_o, **graph_options) -> tf.Tensor:
     graph = image_graph(x_o, **graph_options)
     energy = tf.reduce_sum(r * r, axis=[1, 2, 3])
     quad = energy - tf.reduce_sum(r * graph.apply(r), axis=[1, 2, 3])
-    active = energy > 0
-    return tf.where(active, quad / tf.where(active, energy, tf.ones_like(energy)), tf.zeros_like(energy))
+    return safe_div(quad, energy)  # a zero perturbation scores 0

@@ -330,7 +330,7 @@ def test_option_table_matches_the_attacks_and_check_params_refuses_bad_values():
 def test_package_reexports_its_modules_names_and_shares_one_cache():
     """attacks/ is one module per family; the package keeps every name its users call, and the traced-loop
     cache is one object whichever module reaches it."""
-    from smoothadv_tf.attacks import common, gradient, latent, optimality
+    from smoothadv_tf.attacks import common, gradient, latent, minimum_norm, optimality
 
     for name in ("AttackResult", "quantize", "logits_of", "margin_loss", "l2_norm", "clear_compiled_cache"):
         assert getattr(attacks, name) is getattr(common, name)
@@ -338,7 +338,8 @@ def test_package_reexports_its_modules_names_and_shares_one_cache():
     assert attacks.pgd2 is gradient.pgd2 and attacks.smooth_pgd2 is gradient.smooth_pgd2
     assert attacks.smooth_carlini_wagner_l2 is optimality.smooth_carlini_wagner_l2
     assert attacks.SmoothLatent is latent.SmoothLatent
-    assert gradient._compiled is common._compiled and optimality._run_padded is common._run_padded
+    for family in (gradient, optimality, minimum_norm):  # one pipeline (and so one cache) for the three loops
+        assert family._run_attack_loop is common._run_attack_loop is attacks._run_attack_loop
     assert attacks.preset("mnist", "pgd2") and attacks.DISPLAY_NAMES["smooth_pgd2"] == "sPGD2"
     assert set(attacks.ATTACKS) == set(attacks.ATTACK_NAMES)
 

@@ -12,7 +12,9 @@ ValueError before any tracing; a model giving probabilities instead of logits ge
 
 Modules, one per family:
 - :mod:`.common`: :class:`AttackResult`, the judgement (quantisation, margin loss of eq. 3, success), and the
-  cache of traced loops, run on padded batches and, inside a ``tf.distribute`` strategy's scope, per replica.
+  pipeline the three loops share (:func:`~.common._run_attack_loop`: check inputs, the cache of traced loops,
+  run on padded batches and, inside a ``tf.distribute`` strategy's scope, per replica; judge the result).
+  Guarded divisions and norms are :mod:`smoothadv_tf.numerics`'.
 - :mod:`.gradient` (eq. 10-11): FGSM, I-FGSM, PGD₂ and, with the gradient smoothed by ŝ_α before the
   normalisation, sPGD₂ (eq. 12).
 - :mod:`.optimality` (eq. 4 / 13 / 18): C&W with the perturbation r = (tanh(w) + 1)/2 - x_o, and sC&W with
@@ -42,6 +44,7 @@ from smoothadv_tf.attacks.common import (  # noqa: F401 - the package's names, p
     _finish,
     _per_image,
     _prepare,
+    _run_attack_loop,
     _run_padded,
     _smoothing_options,
     _Traced,

@@ -15,7 +15,9 @@ that differ from the labels; a model whose outputs look like probabilities is wa
 
 Each attack loop runs in one `tf.function` (binary search included): no host round trip per step. The traced
 loops are cached per model (:func:`_compiled`) and called on padded batches (:func:`_run_padded`); called
-inside a ``tf.distribute`` strategy's scope, each loop runs per replica on its share of the batch.
+inside a ``tf.distribute`` strategy's scope, each loop runs per replica on its share of the batch. One
+function, :func:`_run_attack_loop`, runs these steps for all three families (gradient, optimality,
+minimum-norm): each defines only its cache key, its traced loop and its run-time scalars.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from smoothadv_tf.graph import check_graph_options, image_graph
+from smoothadv_tf.numerics import l2_norm  # the distortion measure; attacks.l2_norm, as before
 from smoothadv_tf.presets import OPTIONS, check_params
 from smoothadv_tf.smoothing import DENSE_MAX_PIXELS
 
@@ -117,11 +120,6 @@ def meets_margin(logits: tf.Tensor, labels: tf.Tensor, margin: float, targeted: 
     return is_adversarial(logits - shift if targeted else logits + shift, labels, targeted)
 
 
-def l2_norm(x: tf.Tensor) -> tf.Tensor:
-    """Per-image L2 norm over (H, W, C)."""
-    return tf.sqrt(tf.reduce_sum(tf.square(x), axis=[1, 2, 3]))
-
-
 def _per_image(v: tf.Tensor) -> tf.Tensor:
     return v[:, None, None, None]
 
@@ -138,7 +136,9 @@ _WARNED_IDS: set = set()
 def checked_attack(name: str):
     """Decorate attack `name`: every call checks its options (defaults included) with
     :func:`smoothadv_tf.presets.check_params` before any work, so a direct call refuses what the scripts
-    refuse, with the same one-line ValueError. The signature is kept (``inspect.signature`` sees it)."""
+    refuse, with the same one-line ValueError. The signature is kept (``inspect.signature`` sees it), and is
+    where :data:`smoothadv_tf.presets.OPTIONS` is read from: the decorated function's keyword-only parameters,
+    each annotated (``epsilon: float = 0.3``; bool, int, float and str are the checked scalars)."""
 
     def decorate(fn):
         signature = inspect.signature(fn)
@@ -231,7 +231,7 @@ def _warn_if_probabilities(model, logits: np.ndarray) -> None:
         "keras.applications models with classifier_activation=None; smoothadv_tf.models.keras_application "
         "already returns logits)",
         ProbabilityOutputWarning,
-        stacklevel=4,
+        stacklevel=5,  # the public attack's frame (attack -> its loop -> _run_attack_loop -> _prepare -> here)
     )
 
 
@@ -373,6 +373,26 @@ def _run_padded(traced: _Traced, batch: list[np.ndarray], *scalars):
         outputs = traced.fn(tuple(shares), scalars)
         outputs = [tf.concat(strategy.experimental_local_results(o), 0) for o in outputs]
     return [o[:n] for o in outputs]
+
+
+def _run_attack_loop(model, x, y, target, quantize_output: bool, key: tuple, build, *scalars) -> AttackResult:
+    """The pipeline every attack loop runs: check the inputs and judge x (:func:`_prepare`), fetch or trace
+    the loop of `model` for static configuration `key` (:func:`_compiled`), run it on the padded batch
+    (:func:`_run_padded`) and judge its images (:func:`_finish`). An attack family supplies only `key`,
+    `build` and its run-time `scalars`.
+
+    ``build(get_model)`` returns the traced loop ``run(x_o, goal, originally_correct, *scalars) -> (x_adv,
+    used)``: x_o the (rounded) images, goal the target labels if given else the true ones, originally_correct
+    the images to attack (the others, and the padding, must come back unchanged), one float32 scalar tensor per
+    entry of `scalars` (values that may change between calls without a retrace, e.g. ε); it returns the
+    images to judge and the gradient steps spent on each. Everything else the loop depends on must be in
+    `key`, which also says whether it is targeted and quantised."""
+    x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
+    traced = _compiled(model, key, build)
+    goal = target if target is not None else y
+    scalars = [tf.constant(value, tf.float32) for value in scalars]
+    x_adv, used = _run_padded(traced, [x, goal, originally_correct], *scalars)
+    return _finish(model, x, y, target, x_adv, used.numpy(), originally_correct, quantize_output)
 
 
 def _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, image_shape) -> dict:

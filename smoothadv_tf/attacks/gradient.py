@@ -12,11 +12,8 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import (
     AttackResult,
-    _compiled,
-    _finish,
     _per_image,
-    _prepare,
-    _run_padded,
+    _run_attack_loop,
     _smoothing_options,
     checked_attack,
     is_adversarial,
@@ -26,6 +23,7 @@ from smoothadv_tf.attacks.common import (
     quantize,
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
+from smoothadv_tf.numerics import safe_div
 from smoothadv_tf.smoothing import Smoother
 
 
@@ -51,7 +49,6 @@ def _gradient_attack(
     paper sets one for C&W only, §5.2). While the image is classified correctly, (3)'s gradient does not
     depend on m, and each image stops at misclassification (or after its one FGSM step), so m could change
     nothing; its positive part would only zero the gradient of an image already adversarial."""
-    x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
     targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     key = (
@@ -80,14 +77,13 @@ def _gradient_attack(
                 if norm == "linf":
                     direction = tf.sign(g)
                 else:
-                    gn = _per_image(l2_norm(g))
-                    direction = tf.where(gn > 0, g / tf.where(gn > 0, gn, tf.ones_like(gn)), tf.zeros_like(g))
+                    direction = safe_div(g, _per_image(l2_norm(g)))  # a zero gradient: no step
                 r = x_adv - step * direction - x_o
                 if norm == "linf":
                     r = tf.clip_by_value(r, -epsilon, epsilon)
                 else:
-                    rn = _per_image(l2_norm(r))
-                    r = r * tf.minimum(1.0, epsilon / tf.maximum(rn, 1e-12))
+                    # the projection on the L2 ε-ball (eq. 11); r = 0 is inside it
+                    r = r * tf.minimum(1.0, safe_div(epsilon, _per_image(l2_norm(r)), otherwise=1.0))
                 x_new = tf.clip_by_value(x_o + r, 0.0, 1.0)
                 x_adv = tf.where(_per_image(done), x_adv, x_new)
                 used += tf.cast(~done, tf.int64)
@@ -107,19 +103,11 @@ def _gradient_attack(
 
         return run
 
-    traced = _compiled(model, key, build)
-    goal = target if targeted else y
-    x_adv, used = _run_padded(
-        traced,
-        [x, goal, originally_correct],
-        tf.constant(epsilon, tf.float32),
-        tf.constant(step, tf.float32),
-    )
-    return _finish(model, x, y, target, x_adv, used.numpy(), originally_correct, quantize_output)
+    return _run_attack_loop(model, x, y, target, quantize_output, key, build, epsilon, step)
 
 
 @checked_attack("fgsm")
-def fgsm(model, x, y, *, epsilon=0.3, target=None, quantize=True) -> AttackResult:
+def fgsm(model, x, y, *, epsilon: float = 0.3, target: np.ndarray | None = None, quantize: bool = True) -> AttackResult:
     """FGSM (Goodfellow et al.): one signed-gradient step of size ε (L∞)."""
     return _gradient_attack(
         model,
@@ -141,12 +129,12 @@ def ifgsm(
     x,
     y,
     *,
-    epsilon=0.3,
-    step=0.08,
-    iterations=10,
-    target=None,
-    early_stop=True,
-    quantize=True,
+    epsilon: float = 0.3,
+    step: float = 0.08,
+    iterations: int = 10,
+    target: np.ndarray | None = None,
+    early_stop: bool = True,
+    quantize: bool = True,
 ) -> AttackResult:
     """I-FGSM (Kurakin et al.): signed steps of size `step`, projected on the L∞ ball of radius ε."""
     return _gradient_attack(
@@ -169,12 +157,12 @@ def pgd2(
     x,
     y,
     *,
-    epsilon=5.0,
-    step=3.0,
-    iterations=10,
-    target=None,
-    early_stop=True,
-    quantize=True,
+    epsilon: float = 5.0,
+    step: float = 3.0,
+    iterations: int = 10,
+    target: np.ndarray | None = None,
+    early_stop: bool = True,
+    quantize: bool = True,
 ) -> AttackResult:
     """PGD₂: L2-normalised gradient steps of size `step`, projected on the L2 ball of radius ε."""
     return _gradient_attack(
@@ -197,17 +185,17 @@ def smooth_pgd2(
     x,
     y,
     *,
-    epsilon=5.0,
-    step=3.0,
-    iterations=10,
-    alpha=0.95,
-    solver="auto",
-    cg_iterations=50,
-    cg_gradient="autodiff",
-    graph=None,
-    target=None,
-    early_stop=True,
-    quantize=True,
+    epsilon: float = 5.0,
+    step: float = 3.0,
+    iterations: int = 10,
+    alpha: float = 0.95,
+    solver: str = "auto",
+    cg_iterations: int = 50,
+    cg_gradient: str = "autodiff",
+    graph: dict | None = None,
+    target: np.ndarray | None = None,
+    early_stop: bool = True,
+    quantize: bool = True,
 ) -> AttackResult:
     """sPGD₂ (eq. 12): PGD₂ whose gradient is smoothed by ŝ_α guided by x_o before normalisation.
     ``solver="auto"`` (default): dense ŝ_α up to 64 x 64 pixels, CG above."""

@@ -21,14 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from smoothadv_tf.attacks.common import _per_image, _smoothing_options
+from smoothadv_tf.numerics import safe_div, safe_norm
 from smoothadv_tf.smoothing import Smoother
-
-
-def _safe_norm(r: tf.Tensor) -> tf.Tensor:
-    """Per-image L2 norm over (H, W, C), 0 for r = 0 with a finite (zero) gradient there."""
-    energy = tf.reduce_sum(tf.square(r), axis=[1, 2, 3])
-    active = energy > 0
-    return tf.where(active, tf.sqrt(tf.where(active, energy, tf.ones_like(energy))), tf.zeros_like(energy))
 
 
 class SmoothLatent:
@@ -90,14 +84,13 @@ class SmoothLatent:
 
     def norm(self, z) -> tf.Tensor:
         """(B,) ||ŝ_α(z)||, the L2 norm of each image's perturbation (0, with a finite gradient, for z = 0)."""
-        return _safe_norm(self.perturbation(z))
+        return safe_norm(self.perturbation(z))
 
     def _scaled(self, z, radius, at_most: bool) -> tf.Tensor:
         z = tf.convert_to_tensor(z, tf.float32)
         norm = self.norm(z)
         radius = tf.broadcast_to(tf.cast(radius, tf.float32), tf.shape(norm))
-        active = norm > 0  # z with ŝ_α(z) = 0 stays as it is: no direction to scale
-        scale = tf.where(active, radius / tf.where(active, norm, tf.ones_like(norm)), tf.ones_like(norm))
+        scale = safe_div(radius, norm, otherwise=1.0)  # z with ŝ_α(z) = 0 stays as it is: no direction to scale
         if at_most:
             scale = tf.minimum(scale, 1.0)
         return z * _per_image(scale)

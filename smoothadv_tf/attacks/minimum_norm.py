@@ -37,11 +37,8 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import (
     AttackResult,
-    _compiled,
-    _finish,
     _per_image,
-    _prepare,
-    _run_padded,
+    _run_attack_loop,
     _smoothing_options,
     checked_attack,
     is_adversarial,
@@ -50,7 +47,8 @@ from smoothadv_tf.attacks.common import (
     margin_loss,
     quantize,
 )
-from smoothadv_tf.attacks.latent import SmoothLatent, _safe_norm
+from smoothadv_tf.attacks.latent import SmoothLatent
+from smoothadv_tf.numerics import safe_div, safe_norm
 from smoothadv_tf.presets import DIRECTIONS
 from smoothadv_tf.smoothing import Smoother
 
@@ -83,7 +81,6 @@ def _rescaling_attack(
         raise ValueError(f"rule={rule!r}: expected one of {RULES}")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r}: expected one of {list(DIRECTIONS)}")
-    x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
     targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     on_image = smoothing is None or direction == "image"  # the variable steps along the image gradient
@@ -113,11 +110,10 @@ def _rescaling_attack(
                     tape.watch(v)
                     raw = latent.perturbation(v) if latent is not None else v
                     # The rule's radius, met exactly by scaling the variable: ŝ_α(c·z) = c·ŝ_α(z).
-                    raw_norm = tf.stop_gradient(_safe_norm(raw))
+                    raw_norm = tf.stop_gradient(safe_norm(raw))
                     length = tf.where(pending > 0, pending, raw_norm)  # a first step's length is set here
                     radius = eps * ones if rule == "ddn" else tf.minimum(length, eps)  # sphere / ball
-                    moving = raw_norm > 0
-                    scale = tf.where(moving, radius / tf.where(moving, raw_norm, ones), ones)
+                    scale = safe_div(radius, raw_norm, otherwise=1.0)  # r = 0: nothing to scale yet
                     image = tf.clip_by_value(x_o + raw * _per_image(scale), 0.0, 1.0)
                     logits = logits_of(model, image)
                     total = tf.reduce_sum(objective(logits))
@@ -148,12 +144,9 @@ def _rescaling_attack(
                 new_eps = tf.minimum(new_eps, worst) if rule != "pgd" else new_eps
                 # A step of L2 size `step` on r's scale along the normalised gradient `grad` (for z by default the
                 # image gradient smoothed by ŝ_αᵀ, eq. 19); from z = 0 its length is set by the next scaling.
-                grad_norm = l2_norm(grad)
-                unit = tf.where(
-                    _per_image(grad_norm > 0), grad / _per_image(tf.where(grad_norm > 0, grad_norm, ones)), 0.0
-                )
+                unit = safe_div(grad, _per_image(l2_norm(grad)))  # a zero gradient: no step
                 has_r = r_length > 0
-                ratio = tf.where(has_r, l2_norm(v_now) / tf.where(has_r, r_length, ones), ones) if latent else ones
+                ratio = safe_div(l2_norm(v_now), r_length, otherwise=1.0) if latent else ones
                 v_next = v_now + _per_image(step * ratio) * unit
                 pending_next = tf.where(has_r, tf.zeros_like(step * ones), step * ones)
                 freeze = done | (adversarial if rule == "pgd" else tf.zeros_like(done))
@@ -183,20 +176,21 @@ def _rescaling_attack(
 
         return run
 
-    traced = _compiled(model, key, build)
-    goal = target if targeted else y
-    best_x, used = _run_padded(
-        traced,
-        [x, goal, originally_correct],
-        tf.constant(epsilon, tf.float32),
-        tf.constant(max_step, tf.float32),
-        tf.constant(min_step, tf.float32),
-    )
-    return _finish(model, x, y, target, best_x, used.numpy(), originally_correct, quantize_output)
+    return _run_attack_loop(model, x, y, target, quantize_output, key, build, epsilon, max_step, min_step)
 
 
 @checked_attack("ddn")
-def ddn(model, x, y, *, iterations=100, init_epsilon=1.0, gamma=0.05, target=None, quantize=True) -> AttackResult:
+def ddn(
+    model,
+    x,
+    y,
+    *,
+    iterations: int = 100,
+    init_epsilon: float = 1.0,
+    gamma: float = 0.05,
+    target: np.ndarray | None = None,
+    quantize: bool = True,
+) -> AttackResult:
     """DDN (Rony et al., CVPR 2019): steps of cosine-annealed size (1 → 0.01) along the normalised
     cross-entropy gradient, the perturbation projected on a sphere of radius ε that shrinks by (1 - γ) after an
     adversarial iterate and grows by (1 + γ) otherwise; the least-distortion adversarial 8-bit iterate."""
@@ -208,9 +202,22 @@ def ddn(model, x, y, *, iterations=100, init_epsilon=1.0, gamma=0.05, target=Non
 
 @checked_attack("smooth_ddn")
 def smooth_ddn(
-    model, x, y, *, iterations=100, init_epsilon=1.0, gamma=0.05, alpha=0.95, solver="auto", cg_iterations=50,
-    cg_gradient="autodiff", graph=None, direction="latent", target=None, quantize=True,
-) -> AttackResult:  # fmt: skip
+    model,
+    x,
+    y,
+    *,
+    iterations: int = 100,
+    init_epsilon: float = 1.0,
+    gamma: float = 0.05,
+    alpha: float = 0.95,
+    solver: str = "auto",
+    cg_iterations: int = 50,
+    cg_gradient: str = "autodiff",
+    graph: dict | None = None,
+    direction: str = "latent",
+    target: np.ndarray | None = None,
+    quantize: bool = True,
+) -> AttackResult:
     """DDN on the latent z with r = ŝ_α(z) (eq. 17): the same steps and sphere, met exactly by rescaling z;
     z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`, eq. 19) or ∇ₓℓ (`"image"`; see the module docstring)."""
     return _rescaling_attack(
@@ -222,8 +229,17 @@ def smooth_ddn(
 
 @checked_attack("fmn")
 def fmn(
-    model, x, y, *, iterations=100, max_step=1.0, min_step=0.01, gamma=0.05, target=None, quantize=True
-) -> AttackResult:  # fmt: skip
+    model,
+    x,
+    y,
+    *,
+    iterations: int = 100,
+    max_step: float = 1.0,
+    min_step: float = 0.01,
+    gamma: float = 0.05,
+    target: np.ndarray | None = None,
+    quantize: bool = True,
+) -> AttackResult:
     """FMN, L2 (Pintor et al., NeurIPS 2021): steps of cosine-annealed size (max_step → min_step) along the
     normalised logit-difference gradient inside an L2 ball of radius ε, shrunk by (1 - γ_k) after an
     adversarial iterate (to at most the best norm so far) and grown by (1 + γ_k) otherwise, γ_k annealed from
@@ -244,9 +260,23 @@ def fmn(
 
 @checked_attack("smooth_fmn")
 def smooth_fmn(
-    model, x, y, *, iterations=100, max_step=1.0, min_step=0.01, gamma=0.05, alpha=0.95, solver="auto",
-    cg_iterations=50, cg_gradient="autodiff", graph=None, direction="latent", target=None, quantize=True,
-) -> AttackResult:  # fmt: skip
+    model,
+    x,
+    y,
+    *,
+    iterations: int = 100,
+    max_step: float = 1.0,
+    min_step: float = 0.01,
+    gamma: float = 0.05,
+    alpha: float = 0.95,
+    solver: str = "auto",
+    cg_iterations: int = 50,
+    cg_gradient: str = "autodiff",
+    graph: dict | None = None,
+    direction: str = "latent",
+    target: np.ndarray | None = None,
+    quantize: bool = True,
+) -> AttackResult:
     """FMN on the latent z with r = ŝ_α(z) (eq. 17): the same steps and ball, met exactly by rescaling z;
     z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`, eq. 19) or ∇ₓℓ (`"image"`; see the module docstring)."""
     return _rescaling_attack(
@@ -258,9 +288,22 @@ def smooth_fmn(
 
 @checked_attack("smooth_pgd2_latent")
 def smooth_pgd2_latent(
-    model, x, y, *, epsilon=5.0, step=3.0, iterations=10, alpha=0.95, solver="auto", cg_iterations=50,
-    cg_gradient="autodiff", graph=None, direction="latent", target=None, quantize=True,
-) -> AttackResult:  # fmt: skip
+    model,
+    x,
+    y,
+    *,
+    epsilon: float = 5.0,
+    step: float = 3.0,
+    iterations: int = 10,
+    alpha: float = 0.95,
+    solver: str = "auto",
+    cg_iterations: int = 50,
+    cg_gradient: str = "autodiff",
+    graph: dict | None = None,
+    direction: str = "latent",
+    target: np.ndarray | None = None,
+    quantize: bool = True,
+) -> AttackResult:
     """PGD₂ (eq. 10-11) on the latent z with r = ŝ_α(z) (eq. 17) and the exact projection of r on the ε-ball
     (by rescaling z), instead of sPGD₂'s smoothed gradient step on x (eq. 12); stops each image at its first
     adversarial iterate, as PGD₂; z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`) or ∇ₓℓ (`"image"`)."""

@@ -16,11 +16,8 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import (
     AttackResult,
-    _compiled,
-    _finish,
     _per_image,
-    _prepare,
-    _run_padded,
+    _run_attack_loop,
     _smoothing_options,
     checked_attack,
     is_adversarial,
@@ -97,7 +94,6 @@ def _optimality_attack(
     and the iterate that triggered the stop is not considered."""
     if best_iterate not in BEST_ITERATE_RULES:
         raise ValueError(f"best_iterate={best_iterate!r}: expected one of {BEST_ITERATE_RULES}")
-    x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
     targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     key = (
@@ -209,10 +205,7 @@ def _optimality_attack(
 
         return run
 
-    traced = _compiled(model, key, build)
-    goal = target if targeted else y
-    best_x, used = _run_padded(traced, [x, goal, originally_correct], tf.constant(initial_const, tf.float32))
-    return _finish(model, x, y, target, best_x, used.numpy(), originally_correct, quantize_output)
+    return _run_attack_loop(model, x, y, target, quantize_output, key, build, initial_const)
 
 
 @checked_attack("carlini_wagner_l2")
@@ -221,15 +214,15 @@ def carlini_wagner_l2(
     x,
     y,
     *,
-    margin=1.0,
-    learning_rate=0.1,
-    initial_const=15.0,
-    binary_search_steps=PROTOCOLS[DEFAULT_PROTOCOL]["binary_search_steps"],
-    iterations=PROTOCOLS[DEFAULT_PROTOCOL]["iterations"],
-    abort_early=PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
-    best_iterate=PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
-    target=None,
-    quantize=True,
+    margin: float = 1.0,
+    learning_rate: float = 0.1,
+    initial_const: float = 15.0,
+    binary_search_steps: int = PROTOCOLS[DEFAULT_PROTOCOL]["binary_search_steps"],
+    iterations: int = PROTOCOLS[DEFAULT_PROTOCOL]["iterations"],
+    abort_early: bool = PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
+    best_iterate: str = PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
+    target: np.ndarray | None = None,
+    quantize: bool = True,
 ) -> AttackResult:
     """C&W L2 (eq. 4): tanh change of variable, Adam, margin m, per-image binary search over c = 1/λ.
 
@@ -259,20 +252,20 @@ def smooth_carlini_wagner_l2(
     x,
     y,
     *,
-    alpha=0.95,
-    solver="auto",
-    cg_iterations=50,
-    cg_gradient="autodiff",
-    graph=None,
-    margin=1.0,
-    learning_rate=0.1,
-    initial_const=15.0,
-    binary_search_steps=PROTOCOLS[DEFAULT_PROTOCOL]["binary_search_steps"],
-    iterations=PROTOCOLS[DEFAULT_PROTOCOL]["iterations"],
-    abort_early=PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
-    best_iterate=PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
-    target=None,
-    quantize=True,
+    alpha: float = 0.95,
+    solver: str = "auto",
+    cg_iterations: int = 50,
+    cg_gradient: str = "autodiff",
+    graph: dict | None = None,
+    margin: float = 1.0,
+    learning_rate: float = 0.1,
+    initial_const: float = 15.0,
+    binary_search_steps: int = PROTOCOLS[DEFAULT_PROTOCOL]["binary_search_steps"],
+    iterations: int = PROTOCOLS[DEFAULT_PROTOCOL]["iterations"],
+    abort_early: bool = PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
+    best_iterate: str = PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
+    target: np.ndarray | None = None,
+    quantize: bool = True,
 ) -> AttackResult:
     """sC&W (eq. 18): C&W's loop on a latent z with perturbation r = ŝ_α(z) guided by x_o. Options as
     :func:`carlini_wagner_l2`; ``solver="auto"`` (default): dense ŝ_α up to 64 x 64 pixels, CG above."""

@@ -1,14 +1,17 @@
 """The attacks' names, options and parameters (§5.2) and the two protocols, without TensorFlow.
 
 Scripts check their flags against these before TensorFlow is imported (a bad flag fails in a fraction of a
-second); :mod:`smoothadv_tf.attacks` re-exports everything here.
+second); :mod:`smoothadv_tf.attacks` re-exports everything here. The option table (:data:`OPTIONS`) is not
+written here but read from the attack functions' annotated signatures in attacks/*.py (parsed, not imported).
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import math
 import numbers
+import pathlib
 
 # The paper's six attacks (what the experiment scripts run by default), then the L2 attacks beyond the paper
 # built on the same latent smoothing: PGD₂ on z with the exact projection, DDN and FMN, plain and smooth.
@@ -18,37 +21,64 @@ ATTACK_NAMES = PAPER_ATTACKS + EXTRA_ATTACKS
 BEST_ITERATE_RULES = ("misclassified", "margin")
 DIRECTIONS = ("latent", "image")  # the step of the smooth rescaling attacks (attacks/minimum_norm.py)
 
-# The scalar keyword options of each attack and their types (tests/test_attacks.py checks this table against
-# the attack functions' signatures). Every attack also takes `target` (labels); the smooth ones take `graph`.
-# The margin m is C&W's (eq. 3-4, §5.2) only: the gradient attacks stop at misclassification, where m could
-# not change their steps (attacks/gradient.py says why), so they do not take it.
-_GRADIENT = {"epsilon": float, "step": float, "iterations": int, "early_stop": bool, "quantize": bool}
-_OPTIMALITY = {
-    "margin": float,
-    "learning_rate": float,
-    "initial_const": float,
-    "binary_search_steps": int,
-    "iterations": int,
-    "abort_early": bool,
-    "best_iterate": str,
-    "quantize": bool,
-}
-_SMOOTHING = {"alpha": float, "solver": str, "cg_iterations": int, "cg_gradient": str}
-OPTIONS = {
-    "fgsm": {"epsilon": float, "quantize": bool},
-    "ifgsm": dict(_GRADIENT),
-    "pgd2": dict(_GRADIENT),
-    "carlini_wagner_l2": dict(_OPTIMALITY),
-    "smooth_pgd2": {**_GRADIENT, **_SMOOTHING},
-    "smooth_carlini_wagner_l2": {**_OPTIMALITY, **_SMOOTHING},
-    "smooth_pgd2_latent": {"epsilon": float, "step": float, "iterations": int, "quantize": bool, **_SMOOTHING,
-                           "direction": str},
-    "ddn": {"iterations": int, "init_epsilon": float, "gamma": float, "quantize": bool},
-    "fmn": {"iterations": int, "max_step": float, "min_step": float, "gamma": float, "quantize": bool},
-}  # fmt: skip
-OPTIONS["smooth_ddn"] = {**OPTIONS["ddn"], **_SMOOTHING, "direction": str}
-OPTIONS["smooth_fmn"] = {**OPTIONS["fmn"], **_SMOOTHING, "direction": str}
-NON_SCALAR_OPTIONS = {attack: ("target", "graph") if attack.startswith("smooth") else ("target",) for attack in OPTIONS}
+# The keyword options of each attack and their types, read from the attack functions' own signatures (one
+# source of truth): the functions decorated ``@checked_attack("<name>")`` in attacks/*.py, whose keyword-only
+# parameters are annotated, e.g. ``epsilon: float = 0.3``. The source is parsed, not imported, so that the
+# scripts can check their flags before TensorFlow loads. An option annotated bool, int, float or str is a
+# scalar (OPTIONS: its type, what check_params and the scripts' flag parsing go by); any other is passed
+# through unchecked (NON_SCALAR_OPTIONS: `target` labels, which every attack takes, and the smooth attacks'
+# `graph` dict). The margin m is C&W's (eq. 3-4, §5.2) only: the gradient attacks stop at misclassification,
+# where m could not change their steps (attacks/gradient.py says why), so they do not take it.
+_ATTACK_SOURCES = pathlib.Path(__file__).parent / "attacks"
+_SCALAR_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
+
+
+def options_from_source(source: str) -> dict[str, tuple[dict[str, type], tuple[str, ...]]]:
+    """{attack name: (scalar options {name: type}, non-scalar option names)} for each function in `source`
+    (Python code) decorated ``@checked_attack("<name>")``, from its keyword-only parameters in signature
+    order; the non-scalar names start with ``target``. TypeError for an option without an annotation or an
+    attack without ``target``: the table would silently lose a check."""
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.FunctionDef):
+            continue
+        names = [
+            d.args[0].value
+            for d in node.decorator_list
+            if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "checked_attack"
+        ]
+        for name in names:
+            scalar, other = {}, []
+            for arg in node.args.kwonlyargs:
+                if arg.annotation is None:
+                    raise TypeError(f"{name}: option {arg.arg!r} has no type annotation")
+                annotation = ast.unparse(arg.annotation)
+                if annotation in _SCALAR_TYPES:
+                    scalar[arg.arg] = _SCALAR_TYPES[annotation]
+                else:
+                    other.append(arg.arg)
+            if "target" not in other:
+                raise TypeError(f"{name}: every attack takes target= (labels, or None for untargeted)")
+            found[name] = (scalar, ("target", *[k for k in other if k != "target"]))
+    return found
+
+
+def _read_options() -> dict[str, tuple[dict[str, type], tuple[str, ...]]]:
+    """:func:`options_from_source` over the attack modules, in ATTACK_NAMES order; RuntimeError if they define
+    other attacks than ATTACK_NAMES lists."""
+    found = {}
+    for path in sorted(_ATTACK_SOURCES.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if "@checked_attack(" in source:  # parse only the modules that define attacks (~5 ms each)
+            found.update(options_from_source(source))
+    if set(found) != set(ATTACK_NAMES):
+        raise RuntimeError(f"attacks/*.py define {sorted(found)}; presets.ATTACK_NAMES lists {sorted(ATTACK_NAMES)}")
+    return {name: found[name] for name in ATTACK_NAMES}
+
+
+_SIGNATURES = _read_options()
+OPTIONS = {name: scalar for name, (scalar, _) in _SIGNATURES.items()}
+NON_SCALAR_OPTIONS = {name: other for name, (_, other) in _SIGNATURES.items()}
 
 # `epsilon` and `step` are L∞ sizes for FGSM / I-FGSM and L2 sizes for the PGD₂ family (one number cannot mean
 # both: ε = 2 saturates every pixel under L∞ and is a small L2 budget). Overrides (--attack_params) can say

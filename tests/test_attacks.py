@@ -291,19 +291,34 @@ def test_compiled_cache_frees_models_and_pads_batches(fashion_test):
     assert len(attacks._COMPILED) == 0
 
 
-def test_option_table_matches_the_attacks_and_check_params_refuses_bad_values():
-    """presets.OPTIONS (read by the scripts before TensorFlow loads) is each attack's keyword options with the
-    types of their defaults; check_params accepts every preset and names the first bad option."""
+def test_option_table_is_read_from_the_attack_signatures_and_check_params_refuses_bad_values():
+    """presets.OPTIONS (read by the scripts before TensorFlow loads) is derived from the attack functions'
+    annotated keyword options, parsed from attacks/*.py without importing them: it equals what
+    inspect.signature sees (annotations, and the types of the defaults), follows a changed signature, and
+    refuses an unannotated option. check_params accepts every preset and names the first bad option."""
     import inspect
+    import pathlib
 
     from smoothadv_tf import presets
+    from smoothadv_tf.attacks import gradient
 
     assert tuple(attacks.ATTACKS) == presets.ATTACK_NAMES
     for name, fn in attacks.ATTACKS.items():
-        keyword = {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
-        scalar = {k: type(v) for k, v in keyword.items() if v is not None}
+        keyword = {p.name: p for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
+        scalar = {k: type(p.default) for k, p in keyword.items() if p.default is not None}
         assert presets.OPTIONS[name] == scalar, name
+        assert {k: t.__name__ for k, t in presets.OPTIONS[name].items()} == {k: keyword[k].annotation for k in scalar}
         assert set(keyword) - set(scalar) == set(presets.NON_SCALAR_OPTIONS[name])
+        assert presets.NON_SCALAR_OPTIONS[name][0] == "target"
+    # The table follows the source: a new option in fgsm's signature is in the table read from it.
+    source = pathlib.Path(gradient.__file__).read_text(encoding="utf-8")
+    signature = "def fgsm(model, x, y, *, epsilon: float = 0.3,"
+    assert signature in source
+    changed = presets.options_from_source(source.replace(signature, signature + " restarts: int = 1,"))
+    assert changed["fgsm"][0] == {"epsilon": float, "restarts": int, "quantize": bool}
+    assert changed["pgd2"][0] == presets.OPTIONS["pgd2"]
+    with pytest.raises(TypeError, match="'restarts' has no type annotation"):
+        presets.options_from_source(source.replace(signature, signature + " restarts=1,"))
         for preset_name in presets.PRESETS:
             for protocol in presets.PROTOCOLS:
                 presets.check_params(name, presets.preset(preset_name, name, protocol))

@@ -358,3 +358,36 @@ def test_early_stop_tolerance(photo299):
     loose = Smoother(photo299, alpha=0.95, iterations=400, tol=1e-2).solve(z).numpy()
     err = np.linalg.norm(loose - exact) / np.linalg.norm(exact)
     assert 1e-5 < err < 5e-2  # stopped early, per column, near the requested relative residual
+
+
+def test_guarded_numerics_are_the_plain_ops_with_finite_gradients_at_zero():
+    """numerics.safe_div / safe_sqrt / safe_norm (used by the graph, CG and the attacks) equal num / den,
+    sqrt and the L2 norm wherever those are defined, bitwise; at 0 they give `otherwise` / 0 with a zero
+    gradient, where the unguarded ops' gradients are NaN or inf."""
+    from smoothadv_tf.numerics import l2_norm, safe_div, safe_norm, safe_sqrt
+
+    rng = np.random.default_rng(0)
+    r = tf.constant(rng.standard_normal((3, 4, 5, 2)).astype(np.float32) * [[[[1.0]]], [[[0.0]]], [[[1e-3]]]])
+    den = tf.constant([2.5, 0.0, 1e-3], tf.float32)
+    num = tf.constant([1.0, 7.0, -3.0], tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([r, den, num])
+        ratio, fallback = safe_div(num, den), safe_div(num, den, otherwise=1.0)
+        unit = safe_div(r, l2_norm(r)[:, None, None, None])  # a per-image norm broadcast over the image
+        masked = safe_div(num, den, active=tf.constant([False, False, True]))
+        root, norm = safe_sqrt(den), safe_norm(r)
+    plain = (num / den).numpy()
+    np.testing.assert_array_equal(ratio.numpy(), [plain[0], 0.0, plain[2]])
+    np.testing.assert_array_equal(fallback.numpy(), [plain[0], 1.0, plain[2]])
+    np.testing.assert_array_equal(masked.numpy(), [0.0, 0.0, plain[2]])
+    np.testing.assert_array_equal(unit.numpy()[[0, 2]], (r / l2_norm(r)[:, None, None, None]).numpy()[[0, 2]])
+    assert not unit.numpy()[1].any()
+    np.testing.assert_array_equal(root.numpy(), tf.sqrt(den).numpy())
+    np.testing.assert_array_equal(norm.numpy(), l2_norm(r).numpy())
+    for value, wrt in ((ratio, den), (ratio, num), (unit, r), (root, den), (norm, r)):
+        grad = tape.gradient(value, wrt).numpy()
+        assert np.isfinite(grad).all() and not grad[1].any()
+    with tf.GradientTape() as tape:
+        tape.watch(r)
+        bare = l2_norm(r)
+    assert not np.isfinite(tape.gradient(bare, r).numpy()[1]).all()  # what the guard is for

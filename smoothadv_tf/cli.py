@@ -26,9 +26,8 @@ import sys
 
 from absl import app, flags
 
-
-class InputError(ValueError):
-    """Bad user input: a data file, a checkpoint or a records file that cannot be used as it is."""
+from smoothadv_tf.config import check_writable  # noqa: F401 - re-exported: it was defined here before the split
+from smoothadv_tf.errors import InputError
 
 
 def run_script(main) -> None:
@@ -129,12 +128,3 @@ def quiet_tensorflow_start() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowImport())
-
-
-def check_writable(flag: str, path: str) -> None:
-    """Refuse (UsageError) an output path whose nearest existing ancestor is not a writable directory."""
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-        raise app.UsageError(f"{flag}={path}: {existing} is not a writable directory")

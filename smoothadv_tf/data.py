@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smoothadv_tf.cli import InputError
+from smoothadv_tf.errors import InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -7,29 +7,13 @@ share per device and every attack loop (smoothing included) runs per replica ins
 Naming CPU devices beyond ``CPU:0`` splits the CPU into that many logical devices — a way to exercise the
 multi-device path on a machine without GPUs (it does not add cores).
 
-Parsing is TensorFlow-free (the scripts check every flag before importing TensorFlow).
+Parsing (:func:`parse_devices`, in :mod:`smoothadv_tf.config`) is TensorFlow-free: the scripts check every flag
+before importing TensorFlow.
 """
 
 from __future__ import annotations
 
-import re
-
-_DEVICE = re.compile(r"^(?:/(?:device:)?)?(cpu|gpu):(\d+)$", re.IGNORECASE)
-
-
-def parse_devices(items) -> list[str]:
-    """``["gpu:0", "/device:GPU:1"]`` -> ``["GPU:0", "GPU:1"]``; ValueError for a malformed, repeated or mixed list."""
-    names = []
-    for item in items:
-        match = _DEVICE.match(item.strip())
-        if not match:
-            raise ValueError(f"{item!r} is not a device name (expected e.g. GPU:0 or CPU:0)")
-        names.append(f"{match.group(1).upper()}:{int(match.group(2))}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{','.join(names)}: a device is named twice")
-    if len({n.split(":")[0] for n in names}) > 1:
-        raise ValueError(f"{','.join(names)}: name GPUs or CPUs, not both")
-    return names
+from smoothadv_tf.config import parse_devices  # noqa: F401 - the names --devices takes: a setting
 
 
 def configure(names: list[str]) -> list[str]:
@@ -66,6 +50,26 @@ def strategy_for(names: list[str]):
     if len(names) == 1:
         return tf.distribute.OneDeviceStrategy(f"/{names[0].lower()}")
     return tf.distribute.MirroredStrategy([f"/{n.lower()}" for n in names])
+
+
+_PLACEMENTS: dict = {}
+
+
+def placement(names=()) -> tuple[list[str], object]:
+    """(the devices the attacks run on, their tf.distribute strategy) for the devices named (e.g. ``["GPU:0",
+    "GPU:1"]``; none: every visible GPU, else the CPU), made once per process and list. The strategy is None —
+    TensorFlow's default placement — when no device is named and there is at most one, else a Mirrored
+    (several) or OneDevice strategy. ValueError for a malformed name or a device this machine lacks."""
+    key = tuple(parse_devices(names))
+    if key not in _PLACEMENTS:
+        found = configure(list(key))
+        strategy = None if not key and len(found) == 1 else strategy_for(found)
+        if strategy is not None:
+            from absl import logging
+
+            logging.info("attacks run on %s (%s)", ", ".join(found), type(strategy).__name__)
+        _PLACEMENTS[key] = (found, strategy)
+    return _PLACEMENTS[key]
 
 
 # ---------------------------------------------------------------------------------------- memory per image

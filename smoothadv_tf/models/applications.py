@@ -3,7 +3,7 @@
 Each family's own ``preprocess_input`` runs inside the wrapped model on the image scaled to [0, 255] (what the
 Keras weights were trained on), so attacks and distortions stay in [0, 1] pixel space. The classifier is built
 without its softmax (``classifier_activation=None``): the attacks need logits. Keras' ImageNet models have 1000
-classes, slim's 1001 (0 = background): see :func:`smoothadv_tf.experiment` for how NIPS-17 labels are mapped.
+classes, slim's 1001 (0 = background): see :func:`smoothadv_tf.models.loading.fit_labels` for how NIPS-17 labels are mapped.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from smoothadv_tf.cli import InputError
+from smoothadv_tf.errors import InputError
 from smoothadv_tf.models.wrap import WrappedModel, inception_preprocess
 
 CHECKPOINTS = {

@@ -9,7 +9,7 @@ With --model=c4_adv and no checkpoint, the adversarially trained C4 is trained o
 
 from absl import app, flags
 
-from smoothadv_tf import experiment
+from smoothadv_tf import experiment, report, runner
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags()
@@ -19,16 +19,13 @@ FLAGS.set_default("model", "c4_adv")
 def main(_):
     if FLAGS.model not in ("c4_adv", "adv_inception_v3"):
         raise app.UsageError(f"--model={FLAGS.model}: this experiment attacks c4_adv or adv_inception_v3")
-    experiment.validate_common_flags()
-    dataset = experiment.load_data(FLAGS.dataset)
-    model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    records, out_dir = experiment.run("adversarial_training", model, dataset)
+    config = experiment.config_from_flags()
+    dataset = runner.load_data(config)
+    model = runner.load_model(config)
+    records, out_dir = runner.run(config, "adversarial_training", model, dataset)
     if records is not None:
-        print(
-            experiment.report(
-                records, out_dir, f"Adversarially trained: {FLAGS.dataset} / {FLAGS.model}, {FLAGS.protocol} protocol"
-            )
-        )
+        title = f"Adversarially trained: {config.dataset} / {config.model}, {config.protocol} protocol"
+        print(report.report(records, out_dir, title))
         print(f"results in {out_dir}")
 
 

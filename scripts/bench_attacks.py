@@ -16,7 +16,7 @@ import time
 import numpy as np
 from absl import flags
 
-from smoothadv_tf import experiment  # TensorFlow-free: flags are checked before TensorFlow is imported
+from smoothadv_tf.cli import run_script  # TensorFlow-free: flags are checked before TensorFlow is imported
 from smoothadv_tf.data import load_fashion_mnist
 
 FLAGS = flags.FLAGS
@@ -255,7 +255,9 @@ def main(_):
 
     results = {"device": "GPU" if tf.config.list_physical_devices("GPU") else f"CPU ({os.cpu_count()} cores)"}
     if not FLAGS.skip_peer:
-        model = experiment.load_model("c4", "fashion_mnist", FLAGS.checkpoint)
+        from smoothadv_tf.models.loading import load_model
+
+        model = load_model("c4", "fashion_mnist", FLAGS.checkpoint)
         test = load_fashion_mnist("test")
         x, y = test.images[: FLAGS.num_images], test.labels[: FLAGS.num_images]
         rows = peer_comparison(model, x, y)
@@ -325,4 +327,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    experiment.run_script(main)
+    run_script(main)

@@ -19,7 +19,9 @@ import time
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import devices, experiment, presets
+from smoothadv_tf import devices, presets
+from smoothadv_tf.cli import run_script
+from smoothadv_tf.config import c4_cache_path, check_attack_params, check_attacks, parse_attack_params
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("devices", [], "the devices of the multi-device run (default: all GPUs, else CPU:0,CPU:1)")
@@ -37,24 +39,10 @@ def main(_):
         names = devices.parse_devices(FLAGS.devices)
     except ValueError as e:
         raise app.UsageError(f"--devices: {e}") from None
-    unknown = [a for a in FLAGS.attacks if a not in presets.ATTACK_NAMES]
-    if unknown:
-        raise app.UsageError(f"--attacks: unknown {unknown}")
-    overrides = {}
-    for item in FLAGS.attack_params:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise app.UsageError(f"--attack_params: {item!r} is not key=value")
-        expected = next((presets.override_type(a, key) for a in FLAGS.attacks if presets.override_type(a, key)), None)
-        if expected is None:
-            raise app.UsageError(f"--attack_params: {key}: none of {FLAGS.attacks} takes it")
-        overrides[key] = experiment._parse_param(key, value, expected)
-    try:
-        presets.check_override_keys(FLAGS.attacks, overrides)
-        for attack in FLAGS.attacks:
-            presets.check_params(attack, presets.overrides_for(attack, overrides))
-    except ValueError as e:
-        raise app.UsageError(f"--attack_params: {e}") from None
+    attack_names = check_attacks(FLAGS.attacks)
+    overrides = parse_attack_params(FLAGS.attack_params, attack_names)
+    preset = "mnist" if FLAGS.model == "c4" else "imagenet"
+    check_attack_params(attack_names, overrides, preset, presets.DEFAULT_PROTOCOL)
     import tensorflow as tf
 
     from smoothadv_tf import attacks
@@ -71,7 +59,9 @@ def main(_):
 
     def load():
         if FLAGS.model == "c4":
-            return experiment.load_c4(FLAGS.checkpoint or experiment.c4_cache_path("c4", "fashion_mnist", 0))
+            from smoothadv_tf.models.loading import load_c4
+
+            return load_c4(FLAGS.checkpoint or c4_cache_path("c4", "fashion_mnist", 0))
         from smoothadv_tf.models import slim
 
         tf.keras.utils.set_random_seed(0)
@@ -126,4 +116,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    experiment.run_script(main)
+    run_script(main)

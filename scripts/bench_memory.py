@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import experiment
+from smoothadv_tf.cli import run_script
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("model", "inception_v3", ["inception_v3", "resnet_v2_50"], "slim model (random weights)")
@@ -112,4 +112,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    experiment.run_script(main)
+    run_script(main)

@@ -15,8 +15,10 @@ import os
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import evaluation, experiment
 from smoothadv_tf import presets as attacks_lib
+from smoothadv_tf.cli import run_script
+from smoothadv_tf.records import atomic_write, identity_differences, read_records, read_run_identity
+from smoothadv_tf.statistics import operating_characteristic, per_image_outcomes, summarize
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", None, "an experiment folder holding paper/ and strong/", required=True)
@@ -36,14 +38,14 @@ def main(_):
         path = os.path.join(FLAGS.results_dir, protocol, "run.json")
         if not os.path.exists(path):
             raise app.UsageError(f"{path} not found: run the experiment with --protocol={protocol} first")
-        identity = experiment.read_run_identity(path)
+        identity = read_run_identity(path)
         # Only the protocol and what it sets for C&W / sC&W may differ between the two runs.
         identity.pop("protocol", None)
         identity["attacks"] = {
             a: runs for a, runs in identity.get("attacks", {}).items() if a not in attacks_lib.OPTIMALITY_ATTACKS
         }
         identities[protocol] = identity
-    diffs = experiment.identity_differences(identities["paper"], identities["strong"])
+    diffs = identity_differences(identities["paper"], identities["strong"])
     if diffs:
         raise app.UsageError(f"{FLAGS.results_dir}: the two runs differ beyond the protocol ({'; '.join(diffs)})")
     records = {}
@@ -51,13 +53,13 @@ def main(_):
         path = os.path.join(FLAGS.results_dir, protocol, "records.jsonl")
         if not os.path.exists(path):
             raise app.UsageError(f"{path} not found: run the experiment with --protocol={protocol} first")
-        records[protocol] = evaluation.read_records(path)
+        records[protocol] = read_records(path)
     # Compare on the same images: a run of one protocol may cover fewer images than the other's.
     common = set.intersection(*({r["image_id"] for r in rs if r["attack"] == "clean"} for rs in records.values()))
     records = {p: [r for r in rs if r["image_id"] in common] for p, rs in records.items()}
     judges = sorted({r.get("evaluated_on", "self") for r in records["paper"]})
     for judge in judges:
-        summaries = {p: evaluation.summarize(records[p], judge) for p in PROTOCOLS}
+        summaries = {p: summarize(records[p], judge) for p in PROTOCOLS}
         lines = [
             f"{FLAGS.results_dir}" + ("" if judge == "self" else f", judged on {judge}"),
             "",
@@ -87,11 +89,11 @@ def main(_):
                 lines.append(f"| {attacks_lib.DISPLAY_NAMES[attack]} | " + " | ".join(cells) + " |")
         table = "\n".join(lines) + "\n"
         suffix = "" if judge == "self" else f"_{judge}"
-        evaluation.atomic_write(os.path.join(FLAGS.results_dir, f"protocols{suffix}.md"), table)
+        atomic_write(os.path.join(FLAGS.results_dir, f"protocols{suffix}.md"), table)
         print(table)
 
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
-        outcomes = {p: evaluation.per_image_outcomes(records[p], judge) for p in PROTOCOLS}
+        outcomes = {p: per_image_outcomes(records[p], judge) for p in PROTOCOLS}
         d_max = max(
             (v for o in outcomes.values() for per in o.values() for v in per.values() if v is not None), default=1.0
         )
@@ -102,7 +104,7 @@ def main(_):
             for attack, per in outcomes[p].items():
                 if p == "strong" and attack not in attacks_lib.OPTIMALITY_ATTACKS:
                     continue  # the other attacks are the same under both protocols
-                curve = evaluation.operating_characteristic(list(per.values()), grid)
+                curve = operating_characteristic(list(per.values()), grid)
                 label = attacks_lib.DISPLAY_NAMES[attack] + (
                     f" ({p})" if attack in attacks_lib.OPTIMALITY_ATTACKS else ""
                 )
@@ -122,4 +124,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    experiment.run_script(main)
+    run_script(main)

@@ -13,65 +13,66 @@ import os
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import evaluation, experiment
+from smoothadv_tf import experiment, records, runner, statistics
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags()
 
 
-def strongest(records, attack):
+def strongest(recorded, attack):
     """(image_id, target) of the largest per-image distortion among successes (or any run, if none)."""
-    outcomes = evaluation.per_image_outcomes(records)[attack]
+    outcomes = statistics.per_image_outcomes(recorded)[attack]
     successes = {i: d for i, d in outcomes.items() if d is not None}
     if successes:
         image_id = max(successes, key=successes.get)
         run = min(
-            (r for r in records if r["image_id"] == image_id and r["attack"] == attack and r["success"]),
+            (r for r in recorded if r["image_id"] == image_id and r["attack"] == attack and r["success"]),
             key=lambda r: r["distortion"],
         )
     else:
         run = max(
-            (r for r in records if r["attack"] == attack and r["image_id"] in outcomes), key=lambda r: r["distortion"]
+            (r for r in recorded if r["attack"] == attack and r["image_id"] in outcomes), key=lambda r: r["distortion"]
         )
     return run["image_id"], run.get("target")
 
 
 def main(_):
-    experiment.validate_common_flags()
-    out_dir = experiment.output_dir("white_box", FLAGS.dataset, FLAGS.model)
+    config = experiment.config_from_flags()
+    out_dir = config.output_path("white_box")
     path = os.path.join(out_dir, "records.jsonl")
     if not os.path.exists(path):
         raise app.UsageError(f"{path} not found: run scripts/white_box.py with the same flags first")
     import matplotlib
 
     from smoothadv_tf import attacks as attacks_lib  # TensorFlow, once the flags are checked
+    from smoothadv_tf.models.loading import fit_labels
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    identity = experiment.read_run_identity(os.path.join(out_dir, "run.json"))
-    records = evaluation.read_records(path)
-    attacks = [a for a in experiment.check_attacks(FLAGS.attacks) if a in evaluation.per_image_outcomes(records)]
+    identity = records.read_run_identity(os.path.join(out_dir, "run.json"))
+    recorded = records.read_records(path)
+    attacks = [a for a in config.attacks if a in statistics.per_image_outcomes(recorded)]
     if not attacks:
-        raise app.UsageError(f"{path}: none of --attacks={','.join(FLAGS.attacks)} was recorded by that run")
-    dataset = experiment.load_data(FLAGS.dataset)
-    if experiment.dataset_fingerprint(dataset) != identity["data"]:
+        raise app.UsageError(f"{path}: none of --attacks={','.join(config.attacks)} was recorded by that run")
+    dataset = runner.load_data(config)
+    if records.dataset_fingerprint(dataset) != identity["data"]:
         raise app.UsageError(f"--dataset/--data_dir: not the images the run in {out_dir} attacked")
-    model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    if experiment.model_fingerprint(model) != identity["weights"]:
+    model = runner.load_model(config)
+    if records.model_fingerprint(model) != identity["weights"]:
         raise app.UsageError(
             f"--checkpoint/--seed/--c4_epochs: not the model the run in {out_dir} attacked (its weights differ); "
             "pass the flags that run was made with"
         )
-    dataset = experiment.fit_labels(model, dataset)
+    dataset = fit_labels(model, dataset, config.dataset, config.model)
     index = {image_id: k for k, image_id in enumerate(dataset.ids)}
     fig, axes = plt.subplots(len(attacks), 3, figsize=(6.6, 2.3 * len(attacks)), squeeze=False)
     for row, attack in enumerate(attacks):
-        image_id, target = strongest(records, attack)
-        params = experiment.recorded_params(out_dir, attack, target)
+        image_id, target = strongest(recorded, attack)
+        params = records.recorded_params(out_dir, attack, target)
         k = index[image_id]
         x, y = dataset.images[k : k + 1], dataset.labels[k : k + 1]
-        with experiment.device_scope():
+        with runner.device_scope(config):
             result = attacks_lib.run_attack(attack, model, x, y, **params)
         r = result.adversarial[0] - x[0]
         lo, hi = r.min(axis=(0, 1)), r.max(axis=(0, 1))
@@ -79,7 +80,7 @@ def main(_):
         color = "green" if result.success[0] else "red"
         panels = [
             (x[0], f"original {image_id}"),
-            (result.adversarial[0], f"{attacks_lib.DISPLAY_NAMES[attack]} ({FLAGS.protocol})"),
+            (result.adversarial[0], f"{attacks_lib.DISPLAY_NAMES[attack]} ({config.protocol})"),
             (scaled, f"D = {result.distortion[0]:.2f}"),
         ]
         for col, (img, title) in enumerate(panels):

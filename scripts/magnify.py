@@ -49,30 +49,31 @@ def load(path_or_name: str) -> np.ndarray:
 def run_of(images_dir: str) -> tuple[dict, list[dict]]:
     """The run that wrote `images_dir` (white_box.py --save_images): its run.json and its records (the records
     file, or the shard files), from the folder holding images/."""
-    from smoothadv_tf import evaluation, experiment
+    from smoothadv_tf.records import read_records, read_run_identity
 
     run_dir = os.path.dirname(os.path.normpath(images_dir))
     identity_path = os.path.join(run_dir, "run.json")
     if not os.path.exists(identity_path):
         raise app.UsageError(f"--images_dir={images_dir}: no run.json in {run_dir}; give the images/ folder of a run")
-    identity = experiment.read_run_identity(identity_path)
+    identity = read_run_identity(identity_path)
     paths = [os.path.join(run_dir, "records.jsonl")]
     if not os.path.exists(paths[0]):
         paths = sorted(glob.glob(os.path.join(run_dir, "records-shard*.jsonl")))
     if not paths:
         raise app.UsageError(f"--images_dir={images_dir}: no records in {run_dir}")
-    return identity, [r for p in paths for r in evaluation.read_records(p)]
+    return identity, [r for p in paths for r in read_records(p)]
 
 
 def attack_runs_to_show(images_dir: str, image_id: str, records: list[dict]) -> list[tuple[str, str]]:
     """(folder, caption) per attack: the run the protocol kept for this image (its least-distortion success,
     from the run's records), else its last run, captioned with D and the outcome the records hold."""
-    from smoothadv_tf import evaluation, presets
+    from smoothadv_tf import presets
+    from smoothadv_tf.statistics import best_records
 
     folders = sorted(
         os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(images_dir, "*", f"{image_id}.png"))
     )
-    kept = evaluation.best_records(records)  # the §5.1 rule: least-distortion success per image
+    kept = best_records(records)  # the §5.1 rule: least-distortion success per image
     chosen = []
     for attack in presets.ATTACK_NAMES:
         runs = [f for f in folders if f == attack or f.startswith(attack + "-")]

@@ -7,8 +7,8 @@ earlier merge, an unsharded resume), by record key: nothing in the folder is los
 records.jsonl held when it started (it copies the clean records of its images, so its file names them), so the
 check counts records.jsonl and the shards together. Refused (exit 2, nothing written): a missing or unfinished
 shard, shards of different --num_shards, shards whose records are not one --attacks / --num_images run over
-every shard, with what records.jsonl holds (evaluation.shard_coverage_problem), records of another run than the
-folder's run.json, and a key whose shard record differs from the recorded one (evaluation.record_conflict; the
+every shard, with what records.jsonl holds (shard_coverage_problem), records of another run than the
+folder's run.json, and a key whose shard record differs from the recorded one (records.record_conflict; the
 wall-clock `seconds` aside). records.jsonl is replaced atomically (fsynced, then renamed); only then are the
 merged shard files removed, so the folder holds each record once and a later sharded run of any --num_shards
 merges the same way.
@@ -25,7 +25,19 @@ import re
 
 from absl import app, flags
 
-from smoothadv_tf import evaluation, experiment
+from smoothadv_tf import report
+from smoothadv_tf.cli import run_script
+from smoothadv_tf.config import DISTORTION_TARGETING
+from smoothadv_tf.records import (
+    RecordsError,
+    atomic_write,
+    merge_records,
+    read_records,
+    read_run_identity,
+    run_id,
+    shard_coverage_problem,
+    writer_lock,
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", None, "an experiment folder holding records-shard*.jsonl", required=True)
@@ -41,24 +53,24 @@ def main(_):
     if None in shards or len(counts) > 1:
         raise app.UsageError(f"{FLAGS.results_dir}: shard files of different --num_shards: {sorted(counts)}")
     missing = sorted(set(range(counts.pop() if counts else 0)) - {int(m.group(1)) for m in shards})
-    locks = [evaluation.writer_lock(target)]  # nobody appends to the file being replaced
+    locks = [writer_lock(target)]  # nobody appends to the file being replaced
     try:
         # refused while a shard is still being written; read without repairing, so a refusal writes nothing
-        locks += [evaluation.writer_lock(p) for p in paths]
-        existing = evaluation.read_records(target) if os.path.exists(target) else []
-        shard_records = [(p, evaluation.read_records(p)) for p in paths]
+        locks += [writer_lock(p) for p in paths]
+        existing = read_records(target) if os.path.exists(target) else []
+        shard_records = [(p, read_records(p)) for p in paths]
         targets = check_run(existing, shard_records)
-        merged = evaluation.merge_records(existing, shard_records)  # refuses conflicting duplicates
+        merged = merge_records(existing, shard_records)  # refuses conflicting duplicates
         if len(merged) > len(existing):  # shards that add records: all of them, one run
             if missing:
                 raise app.UsageError(
                     f"{FLAGS.results_dir}: shards {missing} have not run (no records file); run them (a shard "
                     "merged before reruns as a no-op)"
                 )
-            problem = evaluation.shard_coverage_problem([r for _, r in shard_records], targets, existing)
+            problem = shard_coverage_problem([r for _, r in shard_records], targets, existing)
             if problem:
-                raise evaluation.RecordsError(f"{FLAGS.results_dir}: {problem}")
-            evaluation.atomic_write(target, "".join(json.dumps(r) + "\n" for r in merged))
+                raise RecordsError(f"{FLAGS.results_dir}: {problem}")
+            atomic_write(target, "".join(json.dumps(r) + "\n" for r in merged))
         for path in paths:  # every record is in records.jsonl, on disk
             os.remove(path)
     finally:
@@ -67,7 +79,7 @@ def main(_):
     judges = sorted({r.get("evaluated_on", "self") for r in merged})
     for judge in judges:
         suffix = "" if judge == "self" else judge
-        print(experiment.report(merged, FLAGS.results_dir, f"{FLAGS.results_dir} ({judge})", judge, suffix))
+        print(report.report(merged, FLAGS.results_dir, f"{FLAGS.results_dir} ({judge})", judge, suffix))
     added = len(merged) - len(existing)
     if not paths:
         print(f"no shard files: nothing to merge; {len(merged)} records in {target}")
@@ -85,17 +97,17 @@ def check_run(existing: list[dict], shard_records: list[tuple[str, list[dict]]])
     path = os.path.join(FLAGS.results_dir, "run.json")
     if not os.path.exists(path):
         return None
-    identity = experiment.read_run_identity(path)
-    rid = experiment.run_id(identity)
+    identity = read_run_identity(path)
+    rid = run_id(identity)
     for source, records in [(os.path.join(FLAGS.results_dir, "records.jsonl"), existing), *shard_records]:
         other = next((r["run_id"] for r in records if r.get("run_id") not in (None, rid)), None)
         if other is not None:
-            raise evaluation.RecordsError(f"{source}: records of run {other}, but {path} is run {rid}: another run")
+            raise RecordsError(f"{source}: records of run {other}, but {path} is run {rid}: another run")
     return {
-        attack: [p.get("epsilon") if attack in evaluation.DISTORTION_TARGETING else None for p in runs]
+        attack: [p.get("epsilon") if attack in DISTORTION_TARGETING else None for p in runs]
         for attack, runs in identity["attacks"].items()
     }
 
 
 if __name__ == "__main__":
-    experiment.run_script(main)
+    run_script(main)

@@ -18,7 +18,8 @@ import time
 import numpy as np
 from absl import app, flags
 
-from smoothadv_tf import evaluation, experiment
+from smoothadv_tf import experiment, runner
+from smoothadv_tf.config import attack_runs, model_tag
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags(
@@ -32,7 +33,7 @@ SWEPT = ("binary_search_steps", "iterations", "best_iterate")  # set by the swee
 
 
 def main(_):
-    experiment.validate_common_flags()
+    config = experiment.config_from_flags()
     swept = [item.partition("=")[0] for item in FLAGS.attack_params if item.partition("=")[0] in SWEPT]
     if swept:
         raise app.UsageError(
@@ -50,32 +51,33 @@ def main(_):
     import matplotlib
 
     from smoothadv_tf import attacks as attacks_lib  # TensorFlow, once the flags are checked
+    from smoothadv_tf.models.loading import fit_labels
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dataset = experiment.load_data(FLAGS.dataset)
-    model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    dataset = experiment.fit_labels(model, dataset)
-    batch = experiment.batch_size(model, dataset)
-    x, y = dataset.images[: FLAGS.num_images], dataset.labels[: FLAGS.num_images]
+    dataset = runner.load_data(config)
+    model = runner.load_model(config)
+    dataset = fit_labels(model, dataset, config.dataset, config.model)
+    batch = runner.batch_size(config, model, dataset)
+    x, y = dataset.images[: config.num_images], dataset.labels[: config.num_images]
     keep = np.argmax(attacks_lib.logits_of(model, x).numpy(), -1) == y
     x, y = x[keep], y[keep]
     if not len(x):
-        raise app.UsageError(f"--num_images={FLAGS.num_images}: the model classifies none of them correctly")
-    preset = experiment.preset_for(FLAGS.dataset)
-    overrides = experiment.attack_overrides()
+        raise app.UsageError(f"--num_images={config.num_images}: the model classifies none of them correctly")
+    preset = config.preset_name
+    overrides = config.attack_params
     rows = []
 
     def measure(attack, sweep, value, rule, **params):
         protocol = "strong" if rule == "misclassified" else "paper"
-        # the preset with the overrides this attack takes (evaluation.attack_runs filters them per attack)
-        base = evaluation.attack_runs(attack, preset, True, overrides, protocol)[0]
+        # the preset with the overrides this attack takes (attack_runs filters them per attack)
+        base = attack_runs(attack, preset, True, overrides, protocol)[0]
         params = {**base, **params, "best_iterate": rule}
         out = {"attack": attack, "sweep": sweep, "value": value, "best_iterate": rule}
         start = time.perf_counter()
         for lo in range(0, len(x), batch):
-            with experiment.device_scope():
+            with runner.device_scope(config):
                 r = attacks_lib.run_attack(attack, model, x[lo : lo + batch], y[lo : lo + batch], **params)
             out.setdefault("success", []).extend(r.success.tolist())
             out.setdefault("distortion", []).extend(r.distortion.tolist())
@@ -88,7 +90,7 @@ def main(_):
             flush=True,
         )
 
-    attacks = experiment.check_attacks(FLAGS.attacks)
+    attacks = config.attacks
     for attack in attacks:
         # The paper's rule along both axes; the strong protocol's rule at both ends of the binary search (it
         # separates the two ingredients of the strong protocol: the search over c and the best-iterate rule).
@@ -100,7 +102,7 @@ def main(_):
         for steps in sorted({1, FLAGS.max_binary_steps}):
             measure(attack, "binary_search_steps", steps, "misclassified", binary_search_steps=steps, iterations=100)
 
-    out_dir = os.path.join(FLAGS.output_dir, "protocol_sweep", f"{FLAGS.dataset}-{experiment.model_tag(FLAGS.model)}")
+    out_dir = os.path.join(config.output_dir, "protocol_sweep", f"{config.dataset}-{model_tag(config.model)}")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "protocol_sweep.json.tmp"), "w") as f:
         json.dump({"images": int(len(x)), "preset": preset, "overrides": overrides, "rows": rows}, f, indent=2)
@@ -134,7 +136,7 @@ def main(_):
     axes[0].set_ylabel("D̄ (L2, 8-bit images)")
     axes[0].legend(fontsize=8)
     fig.suptitle(
-        f"{FLAGS.dataset} / {FLAGS.model}, {len(x)} correctly classified images; paper protocol = 1 step, margin"
+        f"{config.dataset} / {config.model}, {len(x)} correctly classified images; paper protocol = 1 step, margin"
     )
     fig.tight_layout()
     path = os.path.join(out_dir, "protocol_sweep.png")

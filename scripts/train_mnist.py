@@ -5,7 +5,7 @@ python scripts/train_mnist.py --adversarial_training --seed=1  # -> models/c4_ad
 python scripts/train_mnist.py --epochs=1                       # -> models/c4_fashion_mnist_seed0_epochs1.keras
 
 The default output is exactly the cache the experiment scripts load for these settings
-(experiment.c4_cache_path: one file per dataset, training mode, seed and epochs). That name holds no batch size,
+(config.c4_cache_path: one file per dataset, training mode, seed and epochs). That name holds no batch size,
 learning rate or adversarial ε / fraction, so other values than the cache's (CACHE_HYPERPARAMETERS) need
 --output: a model trained otherwise never takes the cache's place.
 """
@@ -14,8 +14,9 @@ import os
 
 from absl import app, flags
 
-from smoothadv_tf import data, experiment
-from smoothadv_tf.cli import check_writable
+from smoothadv_tf import data
+from smoothadv_tf.cli import check_writable, run_script
+from smoothadv_tf.config import c4_cache_path
 
 FLAGS = flags.FLAGS
 # What the experiment scripts' cached C4 is trained with: train_c4's defaults (tests/test_train_script.py checks
@@ -68,7 +69,7 @@ def output_path() -> str:
             raise app.UsageError(f"--output={FLAGS.output}: must end in .keras (the Keras format it is saved in)")
         return FLAGS.output
     name = "c4_adv" if adversarial else "c4"
-    path = experiment.c4_cache_path(name, FLAGS.dataset, FLAGS.seed, FLAGS.epochs)
+    path = c4_cache_path(name, FLAGS.dataset, FLAGS.seed, FLAGS.epochs)
     other = [
         f"--{key}={FLAGS[key].value:g} (the cache's: {value:g})"
         for key, value in CACHE_HYPERPARAMETERS.items()
@@ -109,4 +110,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-    experiment.run_script(main)
+    run_script(main)

@@ -11,7 +11,8 @@ An image counts when both the source and the judged model classify it correctly.
 
 from absl import app, flags
 
-from smoothadv_tf import experiment
+from smoothadv_tf import experiment, records, report, runner
+from smoothadv_tf.config import check_c4_file
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags()
@@ -26,18 +27,16 @@ for _name in ("bilateral_sigma_d", "bilateral_sigma_r"):
 def main(_):
     if FLAGS.model not in ("c4", "inception_v3"):
         raise app.UsageError(f"--model={FLAGS.model}: the transfer source is c4 or inception_v3")
-    experiment.validate_common_flags()
-    adv_name = "c4_adv" if FLAGS.model == "c4" else "adv_inception_v3"
-    experiment.check_c4_file("--target_checkpoint", FLAGS.target_checkpoint, adv_name)
+    config = experiment.config_from_flags()
+    adv_name = "c4_adv" if config.model == "c4" else "adv_inception_v3"
+    check_c4_file("--target_checkpoint", FLAGS.target_checkpoint, adv_name)
     import keras  # TensorFlow, once the flags are checked
 
     from smoothadv_tf.filters import BilateralFilter
 
-    dataset = experiment.load_data(FLAGS.dataset)
-    source = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    adversarially_trained = experiment.load_model(
-        adv_name, FLAGS.dataset, FLAGS.target_checkpoint, FLAGS.seed, flag="--target_checkpoint"
-    )
+    dataset = runner.load_data(config)
+    source = runner.load_model(config)
+    adversarially_trained = runner.load_model(config, adv_name, FLAGS.target_checkpoint, flag="--target_checkpoint")
     bilateral = BilateralFilter(FLAGS.bilateral_sigma_d, FLAGS.bilateral_sigma_r, FLAGS.bilateral_radius)
     defended = keras.Sequential([bilateral, source])
     judges = {"bilateral": defended, "adversarially_trained": adversarially_trained}
@@ -49,9 +48,10 @@ def main(_):
             "sigma_r": FLAGS.bilateral_sigma_r,
             "radius": FLAGS.bilateral_radius,
         },
-        "adversarially_trained": experiment.model_fingerprint(adversarially_trained),
+        "adversarially_trained": records.model_fingerprint(adversarially_trained),
     }
-    records, out_dir = experiment.run(
+    outcomes, out_dir = runner.run(
+        config,
         "transfer",
         source,
         dataset,
@@ -60,13 +60,10 @@ def main(_):
         defaults={"early_stop": False},
         judges=judged_weights,
     )
-    if records is not None:
+    if outcomes is not None:
         for name in judges:
-            print(
-                experiment.report(
-                    records, out_dir, f"Transfer {FLAGS.model} -> {name}, {FLAGS.protocol} protocol", name, suffix=name
-                )
-            )
+            title = f"Transfer {config.model} -> {name}, {config.protocol} protocol"
+            print(report.report(outcomes, out_dir, title, name, suffix=name))
         print(f"results in {out_dir}")
 
 

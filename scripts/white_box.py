@@ -11,7 +11,7 @@ split the images (merge with scripts/merge_results.py).
 
 from absl import flags
 
-from smoothadv_tf import experiment, presets
+from smoothadv_tf import experiment, presets, report, runner
 
 FLAGS = flags.FLAGS
 experiment.define_common_flags()
@@ -19,14 +19,14 @@ flags.DEFINE_boolean("save_images", False, "also write the adversarial images as
 
 
 def main(_):
-    experiment.validate_common_flags()
-    dataset = experiment.load_data(FLAGS.dataset)
-    model = experiment.load_model(FLAGS.model, FLAGS.dataset, FLAGS.checkpoint, FLAGS.seed)
-    records, out_dir = experiment.run("white_box", model, dataset, save_images=FLAGS.save_images)
+    config = experiment.config_from_flags()
+    dataset = runner.load_data(config)
+    model = runner.load_model(config)
+    records, out_dir = runner.run(config, "white_box", model, dataset, save_images=FLAGS.save_images)
     if records is not None:
-        title = f"White box: {FLAGS.dataset} / {FLAGS.model}, {FLAGS.protocol} protocol"
-        print(experiment.report(records, out_dir, title))
-        print(f"Protocol: {presets.PROTOCOL_DESCRIPTIONS[FLAGS.protocol]}.")
+        title = f"White box: {config.dataset} / {config.model}, {config.protocol} protocol"
+        print(report.report(records, out_dir, title))
+        print(f"Protocol: {presets.PROTOCOL_DESCRIPTIONS[config.protocol]}.")
         print(f"results in {out_dir}")
 
 

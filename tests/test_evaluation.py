@@ -368,10 +368,9 @@ def test_transfer_script_judges_on_both_targets(tmp_path, c4_path):
 def test_claim_run_resumes_extends_and_refuses(tmp_path):
     """run.json through a JSON round trip: the same identity resumes (same id), another attack extends it,
     a changed parameter is refused and leaves run.json as it was."""
-    from absl import app
-
     from smoothadv_tf import attacks as attacks_lib
     from smoothadv_tf import experiment
+    from smoothadv_tf.errors import ConfigError
 
     identity = {
         "experiment": "white_box",
@@ -390,7 +389,7 @@ def test_claim_run_resumes_extends_and_refuses(tmp_path):
     recorded = json.loads((tmp_path / "run.json").read_text())
     assert set(recorded["attacks"]) == {"carlini_wagner_l2", "pgd2"}
     changed = {**identity, "attacks": {"pgd2": evaluation.attack_runs("pgd2", "mnist", overrides={"step": 1.0})}}
-    with pytest.raises(app.UsageError, match=r"pgd2 parameters \['step'\]"):
+    with pytest.raises(ConfigError, match=r"pgd2 parameters \['step'\]"):
         experiment.claim_run(str(tmp_path), changed)
     assert json.loads((tmp_path / "run.json").read_text()) == recorded
     (tmp_path / "run.json").write_text('{"model": "c4"}')  # from another version, or damaged

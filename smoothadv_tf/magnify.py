@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from smoothadv_tf.filters import bilateral_filter
+from smoothadv_tf.numerics import safe_div
 
 # The denominator of eq. (22) is degenerate where it is at float32 rounding level relative to the image's
 # values: on a constant image x - μ_x and σ_x are bilateral-filter rounding (measured up to ~20 eps · max|x|
@@ -41,8 +42,7 @@ def magnify(x, beta: float = 0.8, sigma_d: float = 5.0, sigma_r: float = 0.2, ra
     den = beta * local_std + (1.0 - beta) * global_std
     scale = tf.reduce_max(tf.abs(x), axis=[1, 2], keepdims=True)
     degenerate = den <= DEGENERATE_RELATIVE * scale  # also catches an all-zero channel (0 <= 0)
-    safe = tf.where(degenerate, tf.ones_like(den), den)
-    return tf.where(degenerate, tf.zeros_like(x), (x - mean) / safe)
+    return safe_div(x - mean, den, active=~degenerate)
 
 
 def to_display(images) -> np.ndarray:

@@ -22,7 +22,7 @@ from smoothadv_tf.statistics import PERCEPTIBILITY, operating_characteristic, pe
 
 def report(records, out_dir: str, title: str, evaluated_on: str = "self", suffix: str = "") -> str:
     """Write the tables and the operating characteristic; return the markdown table. Records of fewer images
-    than the folder holds (a smaller rerun, :func:`records_of`) get theirs under ``first<N>/``: the folder's own
+    than the folder holds (a smaller rerun, :func:`smoothadv_tf.runner.records_of`) get theirs under ``first<N>/``: the folder's own
     tables, over all its images, are left as they were."""
     summary = summarize(records, evaluated_on)
     asked = {r["image_id"] for r in records}

@@ -19,6 +19,8 @@ PAPER_ATTACKS = ("fgsm", "ifgsm", "pgd2", "carlini_wagner_l2", "smooth_pgd2", "s
 EXTRA_ATTACKS = ("smooth_pgd2_latent", "ddn", "smooth_ddn", "fmn", "smooth_fmn")
 ATTACK_NAMES = PAPER_ATTACKS + EXTRA_ATTACKS
 BEST_ITERATE_RULES = ("misclassified", "margin")
+# C&W / sC&W distortion term: ||r||² (eq. 4 / 18, the paper) or ||r|| (the authors' sC&W code; docs/results.md)
+DISTORTION_PENALTIES = ("squared", "norm")
 DIRECTIONS = ("latent", "image")  # the step of the smooth rescaling attacks (attacks/minimum_norm.py)
 
 # The keyword options of each attack and their types, read from the attack functions' own signatures (one
@@ -193,6 +195,7 @@ _CHOICES = {
     "cg_gradient": ("autodiff", "implicit"),
     "best_iterate": BEST_ITERATE_RULES,
     "direction": DIRECTIONS,
+    "distortion_penalty": DISTORTION_PENALTIES,
 }
 
 

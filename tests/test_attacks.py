@@ -164,6 +164,24 @@ def test_no_nan_with_flat_and_misclassified_images(c4_model, batch):
         assert (r.iterations[7:] == 0).all()
 
 
+def test_distortion_penalty_norm_is_the_authors_and_finite_at_zero(c4_model, batch):
+    """distortion_penalty="norm" (||r||, the authors' sC&W code) is finite where sC&W starts (z = 0, r = 0),
+    on flat images too, and steers Adam otherwise than ||r||² (a different D̄); an unknown penalty is refused."""
+    x, y = batch
+    flat = np.full((1, 28, 28, 1), 0.5, np.float32)
+    images = np.concatenate([flat, x[:12]])
+    labels = np.concatenate([np.argmax(c4_model(flat).numpy(), -1), y[:12]])
+    for name in ("carlini_wagner_l2", "smooth_carlini_wagner_l2"):
+        params = attacks.preset("mnist", name, iterations=30)
+        squared = attacks.run_attack(name, c4_model, images, labels, **params)
+        norm = attacks.run_attack(name, c4_model, images, labels, **params, distortion_penalty="norm")
+        assert np.isfinite(norm.adversarial).all() and np.isfinite(norm.distortion).all(), name
+        assert norm.p_suc > 0.8, (name, norm.p_suc)
+        assert abs(norm.mean_distortion - squared.mean_distortion) > 0.01 * squared.mean_distortion, name
+        with pytest.raises(ValueError, match="distortion_penalty='l1': expected one of"):
+            attacks.run_attack(name, c4_model, x[:2], y[:2], distortion_penalty="l1")
+
+
 def test_zero_budget_and_bad_input(c4_model, batch):
     x, y = batch
     r = attacks.carlini_wagner_l2(c4_model, x[:4], y[:4], initial_const=1e-6, binary_search_steps=1, iterations=5)

@@ -80,6 +80,7 @@ from smoothadv_tf.presets import (  # noqa: F401 - the parameters live beside th
     BEST_ITERATE_RULES,
     DEFAULT_PROTOCOL,
     DISPLAY_NAMES,
+    DISTORTION_PENALTIES,
     EXTRA_ATTACKS,
     OPTIMALITY_ATTACKS,
     PAPER_ATTACKS,

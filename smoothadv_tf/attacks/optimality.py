@@ -28,7 +28,8 @@ from smoothadv_tf.attacks.common import (
     quantize,
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
-from smoothadv_tf.presets import BEST_ITERATE_RULES, DEFAULT_PROTOCOL, PROTOCOLS
+from smoothadv_tf.numerics import safe_norm
+from smoothadv_tf.presets import BEST_ITERATE_RULES, DEFAULT_PROTOCOL, DISTORTION_PENALTIES, PROTOCOLS
 from smoothadv_tf.smoothing import Smoother
 
 LARGE = 1e10  # C&W's "no upper bound yet" for c
@@ -75,13 +76,19 @@ def _optimality_attack(
     iterations=100,
     abort_early=False,
     best_iterate="misclassified",
+    distortion_penalty="squared",
     target=None,
     quantize_output=True,
     beta1=0.9,
     beta2=0.999,
     adam_epsilon=1e-8,
 ) -> AttackResult:
-    """Minimise ||r||² + c·ℓ(f(x(v)), t) over the variable v with Adam (eq. 4 for C&W, eq. 18 for sC&W).
+    """Minimise ||r||² + c·ℓ(f(x(v)), t) over the variable v with Adam (eq. 4 for C&W, eq. 18 for sC&W), or
+    ||r|| + c·ℓ with ``distortion_penalty="norm"``: the penalty of the authors' sC&W code (``self.l2 =
+    sqrt(l2dist)`` in their CG and late dense classes). ||r|| has no gradient at r = 0, where sC&W starts (z = 0);
+    the authors switch to ||r||² while the whole batch is at 0, whose gradient there is 0 too: here each image's
+    ||r|| is :func:`~smoothadv_tf.numerics.safe_norm`, 0 with a zero gradient at r = 0, the same step without
+    tying an image to its batch-mates.
 
     ``best_iterate`` says which iterates may become the returned image (the least-distortion one among them):
     ``"misclassified"`` — its 8-bit image (raw, if not quantising) is misclassified (or hits the target);
@@ -94,6 +101,8 @@ def _optimality_attack(
     and the iterate that triggered the stop is not considered."""
     if best_iterate not in BEST_ITERATE_RULES:
         raise ValueError(f"best_iterate={best_iterate!r}: expected one of {BEST_ITERATE_RULES}")
+    if distortion_penalty not in DISTORTION_PENALTIES:
+        raise ValueError(f"distortion_penalty={distortion_penalty!r}: expected one of {DISTORTION_PENALTIES}")
     targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     key = (
@@ -105,6 +114,7 @@ def _optimality_attack(
         int(iterations),
         bool(abort_early),
         best_iterate,
+        distortion_penalty,
         targeted,
         bool(quantize_output),
         beta1,
@@ -130,9 +140,11 @@ def _optimality_attack(
                         tape.watch(v)
                         image, r = param.image_and_perturbation(v)
                         logits = logits_of(model, image)
-                        per_image = tf.reduce_sum(tf.square(r), [1, 2, 3]) + c * margin_loss(
-                            logits, goal, margin, targeted
-                        )
+                        if distortion_penalty == "squared":
+                            penalty = tf.reduce_sum(tf.square(r), [1, 2, 3])  # eq. (4), (18)
+                        else:
+                            penalty = safe_norm(r)  # the authors' sC&W code
+                        per_image = penalty + c * margin_loss(logits, goal, margin, targeted)
                         loss = tf.reduce_sum(per_image)
                     grad = tape.gradient(loss, v)
                     # Early abort (C&W), per image so that an image's result never depends on its batch-mates
@@ -221,6 +233,7 @@ def carlini_wagner_l2(
     iterations: int = PROTOCOLS[DEFAULT_PROTOCOL]["iterations"],
     abort_early: bool = PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
     best_iterate: str = PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
+    distortion_penalty: str = "squared",
     target: np.ndarray | None = None,
     quantize: bool = True,
 ) -> AttackResult:
@@ -229,7 +242,8 @@ def carlini_wagner_l2(
     The defaults are the ``paper`` protocol (:data:`~smoothadv_tf.presets.DEFAULT_PROTOCOL`: one binary-search
     step of 100 iterations at c = ``initial_const``, ``best_iterate="margin"``) with §5.2's MNIST constants, as
     ``preset("mnist", "carlini_wagner_l2")``; ``preset(..., protocol="strong")`` gives a 5-step binary search.
-    See :func:`_optimality_attack` for ``best_iterate`` and ``abort_early``."""
+    See :func:`_optimality_attack` for ``best_iterate``, ``abort_early`` and ``distortion_penalty``
+    (``"squared"``: ||r||², eq. 4; ``"norm"``: ||r||, as the authors' sC&W code)."""
     return _optimality_attack(
         model,
         x,
@@ -241,6 +255,7 @@ def carlini_wagner_l2(
         iterations=iterations,
         abort_early=abort_early,
         best_iterate=best_iterate,
+        distortion_penalty=distortion_penalty,
         target=target,
         quantize_output=quantize,
     )
@@ -264,6 +279,7 @@ def smooth_carlini_wagner_l2(
     iterations: int = PROTOCOLS[DEFAULT_PROTOCOL]["iterations"],
     abort_early: bool = PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
     best_iterate: str = PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
+    distortion_penalty: str = "squared",
     target: np.ndarray | None = None,
     quantize: bool = True,
 ) -> AttackResult:
@@ -281,6 +297,7 @@ def smooth_carlini_wagner_l2(
         iterations=iterations,
         abort_early=abort_early,
         best_iterate=best_iterate,
+        distortion_penalty=distortion_penalty,
         target=target,
         quantize_output=quantize,
     )

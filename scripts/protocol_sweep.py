@@ -66,7 +66,7 @@ def main(_):
     if not len(x):
         raise app.UsageError(f"--num_images={config.num_images}: the model classifies none of them correctly")
     preset = config.preset_name
-    overrides = config.attack_params
+    overrides = dict(config.attack_params)
     rows = []
 
     def measure(attack, sweep, value, rule, **params):

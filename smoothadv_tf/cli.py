@@ -1,5 +1,5 @@
-"""What every script shares before TensorFlow is imported: the error type for bad input, ``run_script`` and the
-quiet start of TensorFlow.
+"""What every script shares before TensorFlow is imported: ``run_script`` (which reports the
+:mod:`smoothadv_tf.errors` family and flag errors as one line) and the quiet start of TensorFlow.
 
 Bad input (a flag, a data file, a checkpoint, a records file) is reported as one line on stderr naming the
 argument or file and the problem, with exit status 2 — never a traceback, and never behind TensorFlow's

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import types
 from collections.abc import Mapping, Sequence
 
 from smoothadv_tf import presets
@@ -82,6 +83,17 @@ def model_tag(value: str) -> str:
         path = os.path.abspath(rest)
         return f"savedmodel-{os.path.basename(path)}-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
     return f"{kind}-{rest}"
+
+
+def image_size_for(model: str) -> int:
+    """The side photo folders are resized to for `model`: a keras model's own input side, else 299."""
+    kind, _, name = model.partition(":")
+    return KERAS_APPLICATIONS[name] if kind == "keras" else 299
+
+
+def output_path(output_dir: str, experiment: str, dataset: str, model: str, protocol: str) -> str:
+    """The folder of a run: ``<output_dir>/<experiment>/<dataset>-<model tag>/<protocol>``."""
+    return os.path.join(output_dir, experiment, f"{dataset}-{model_tag(model)}", protocol)
 
 
 def c4_cache_path(name: str, dataset: str, seed: int, epochs: int = DEFAULT_C4_EPOCHS) -> str:
@@ -237,10 +249,12 @@ class RunConfig:
     attack_params: Mapping = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        # frozen: normalised once, here (lists given for the tuples; a copy of the overrides)
+        # frozen: normalised once, here (lists or one name for the tuples; a read-only copy of the overrides,
+        # so that a checked config cannot be changed afterwards)
         object.__setattr__(self, "attacks", tuple(check_attacks(self.attacks)))
-        object.__setattr__(self, "devices", tuple(self.devices))
-        object.__setattr__(self, "attack_params", dict(self.attack_params))
+        devices = [self.devices] if isinstance(self.devices, str) else self.devices
+        object.__setattr__(self, "devices", tuple(devices))
+        object.__setattr__(self, "attack_params", types.MappingProxyType(dict(self.attack_params)))
         self._check_values()
         self._check_combinations()
 
@@ -256,14 +270,16 @@ class RunConfig:
         problem = model_problem(self.model)
         if problem:
             raise ConfigError(f"--model={self.model}: {problem}")
-        for name, lower in (("num_images", 1), ("num_shards", 1), ("seed", 0), ("c4_epochs", 1)):
+        integers = (("num_images", 1), ("num_shards", 1), ("shard_index", 0), ("seed", 0), ("c4_epochs", 1))
+        for name, lower in integers + (("batch_size", 1),) * (self.batch_size is not None):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < lower:
-                raise ConfigError(f"--{name}={value}: expected an integer >= {lower}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ConfigError(f"--batch_size={self.batch_size}: expected an integer >= 1")
-        if self.memory_budget_gb is not None and not self.memory_budget_gb >= 0.01:
-            raise ConfigError(f"--memory_budget_gb={self.memory_budget_gb}: expected a number >= 0.01")
+                raise ConfigError(f"--{name}={value!r}: expected an integer >= {lower}")
+        budget = self.memory_budget_gb
+        if budget is not None and not (
+            isinstance(budget, int | float) and not isinstance(budget, bool) and budget >= 0.01
+        ):
+            raise ConfigError(f"--memory_budget_gb={budget!r}: expected a number >= 0.01")
         try:
             parse_devices(self.devices)
         except ValueError as e:
@@ -271,7 +287,7 @@ class RunConfig:
 
     def _check_combinations(self) -> None:
         """What needs several fields or the file system (the scripts' flag validation, in its order)."""
-        if not isinstance(self.shard_index, int) or not 0 <= self.shard_index < self.num_shards:
+        if not self.shard_index < self.num_shards:
             raise ConfigError(
                 f"--num_shards={self.num_shards}, --shard_index={self.shard_index}: need 0 <= index < shards"
             )
@@ -304,9 +320,8 @@ class RunConfig:
 
     @property
     def image_size(self) -> int:
-        """The side photo folders are resized to: a keras model's own input side, else 299."""
-        kind, _, name = self.model.partition(":")
-        return KERAS_APPLICATIONS[name] if kind == "keras" else 299
+        """The side photo folders are resized to (:func:`image_size_for`)."""
+        return image_size_for(self.model)
 
     def overrides(self, defaults: Mapping | None = None) -> dict:
         """An experiment's own parameter `defaults` under ``attack_params`` (which wins)."""
@@ -318,7 +333,7 @@ class RunConfig:
 
     def output_path(self, experiment: str) -> str:
         """``<output_dir>/<experiment>/<dataset>-<model tag>/<protocol>``: the folder of this run."""
-        return os.path.join(self.output_dir, experiment, f"{self.dataset}-{model_tag(self.model)}", self.protocol)
+        return output_path(self.output_dir, experiment, self.dataset, self.model, self.protocol)
 
     def records_path(self, out_dir: str) -> str:
         """This process's records file in `out_dir`: records.jsonl, or its shard's file."""

@@ -10,6 +10,7 @@ here; each now lives in the module of its concern and is re-exported here so tha
 """
 
 from smoothadv_tf.config import DISTORTION_TARGETING, TARGETS, attack_runs  # noqa: F401
+from smoothadv_tf.errors import InputError  # noqa: F401
 from smoothadv_tf.records import (  # noqa: F401
     FLOAT_TOLERANCE,
     WALL_CLOCK_FIELDS,

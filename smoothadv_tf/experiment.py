@@ -1,7 +1,8 @@
 """The experiment scripts' common flags, and the one place a :class:`~smoothadv_tf.config.RunConfig` is built
 from them (:func:`config_from_flags`).
 
-This is the only library module that reads absl's ``FLAGS``; nothing in the library imports it. The scripts
+With :func:`smoothadv_tf.cli.run_script` (which parses them), this is the only library module that reads absl's
+``FLAGS``; nothing in the library imports either. The scripts
 call ``config = experiment.config_from_flags()`` after parsing, then the library with explicit arguments:
 :mod:`smoothadv_tf.runner` (load the data and model, run), :mod:`smoothadv_tf.report` (tables, plots),
 :mod:`smoothadv_tf.records` (run identity, records). Outputs go to
@@ -13,10 +14,9 @@ module offered before the split, kept for existing callers: each builds the RunC
 
 from __future__ import annotations
 
-import contextlib
 import os
 
-from absl import app, flags
+from absl import flags
 
 from smoothadv_tf import config as config_lib
 from smoothadv_tf import devices, presets, records, runner
@@ -141,7 +141,7 @@ def config_from_flags() -> RunConfig:
     loaded; the shard index from --shard_index or the scheduler (:func:`shard_index_and_source`)."""
     index, source = shard_index_and_source()
     if not 0 <= index < FLAGS.num_shards:
-        raise app.UsageError(f"--num_shards={FLAGS.num_shards}, {source}={index}: need 0 <= index < shards")
+        raise ConfigError(f"--num_shards={FLAGS.num_shards}, {source}={index}: need 0 <= index < shards")
     return RunConfig(
         dataset=FLAGS.dataset,
         data_dir=FLAGS.data_dir,
@@ -185,9 +185,9 @@ def shard_index_and_source() -> tuple[int, str]:
             try:
                 index = int(value)
             except ValueError:
-                raise app.UsageError(f"${name}={value!r}: not an integer shard index") from None
+                raise ConfigError(f"${name}={value!r}: not an integer shard index") from None
             return index, f"${name}"
-        raise app.UsageError(
+        raise ConfigError(
             f"--num_shards={FLAGS.num_shards} needs --shard_index (or a scheduler's ${' / $'.join(SCHEDULER_INDEX)})"
         )
     return 0, "--shard_index"
@@ -199,8 +199,10 @@ def shard_index() -> int:
 
 
 def attack_overrides() -> dict:
-    """--attack_params, typed and checked (``RunConfig.attack_params``)."""
-    return config_from_flags().attack_params
+    """--attack_params, typed and checked against --attacks, --preset and --protocol (``RunConfig.attack_params``)."""
+    overrides = config_lib.parse_attack_params(FLAGS.attack_params, FLAGS.attacks)
+    config_lib.check_attack_params(FLAGS.attacks, overrides, preset_for(FLAGS.dataset), FLAGS.protocol)
+    return overrides
 
 
 def preset_for(dataset: str) -> str:
@@ -212,23 +214,13 @@ def c4_epochs() -> int:
     return FLAGS.c4_epochs if "c4_epochs" in FLAGS else config_lib.DEFAULT_C4_EPOCHS
 
 
-def _placement():
-    """The devices of --devices where the script defines it (else the default ones) and their strategy."""
-    names = tuple(FLAGS.devices) if "devices" in FLAGS else ()
-    try:
-        return devices.placement(names)
-    except ValueError as e:
-        raise ConfigError(f"--devices={','.join(names)}: {e}") from None
-
-
 def strategy():
-    """The tf.distribute strategy of --devices (:func:`smoothadv_tf.devices.placement`)."""
-    return _placement()[1]
+    """The tf.distribute strategy of --devices where the script defines it, else of the default devices."""
+    return runner.devices_placement(tuple(FLAGS.devices) if "devices" in FLAGS else ())[1]
 
 
 def device_scope():
-    chosen = strategy()
-    return chosen.scope() if chosen is not None else contextlib.nullcontext()
+    return runner.strategy_scope(strategy())
 
 
 def batch_size(model, dataset) -> int:
@@ -236,12 +228,12 @@ def batch_size(model, dataset) -> int:
 
 
 def load_data(dataset: str, image_size: int | None = None):
-    config = config_from_flags().replace(dataset=dataset)
-    if image_size is None:
-        return runner.load_data(config)
+    """The test split of `dataset` from --data_dir (photos resized to `image_size`, default --model's side);
+    then the devices are checked (:func:`smoothadv_tf.runner.load_data`)."""
     from smoothadv_tf import data as data_lib
 
-    loaded = data_lib.load_dataset(dataset, config.data_dir, "test", image_size)
+    size = image_size or config_lib.image_size_for(FLAGS.model)
+    loaded = data_lib.load_dataset(dataset, FLAGS.data_dir, "test", size)
     strategy()
     return loaded
 
@@ -269,7 +261,7 @@ def fit_labels(model, dataset):
 
 
 def output_dir(experiment: str, dataset: str, model: str, protocol: str | None = None) -> str:
-    return os.path.join(FLAGS.output_dir, experiment, f"{dataset}-{model_tag(model)}", protocol or FLAGS.protocol)
+    return config_lib.output_path(FLAGS.output_dir, experiment, dataset, model, protocol or FLAGS.protocol)
 
 
 def records_path(out_dir: str) -> str:

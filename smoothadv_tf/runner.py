@@ -41,17 +41,26 @@ from smoothadv_tf.report import save_pngs, subset_dir
 
 
 def placement(config: RunConfig) -> tuple[list[str], object]:
-    """The devices of ``config.devices`` and their strategy (:func:`smoothadv_tf.devices.placement`), or a
-    ConfigError naming --devices for one this machine lacks."""
+    """The devices of ``config.devices`` and their strategy (:func:`devices_placement`)."""
+    return devices_placement(config.devices)
+
+
+def devices_placement(names) -> tuple[list[str], object]:
+    """The devices named (none: the default ones) and their strategy (:func:`smoothadv_tf.devices.placement`),
+    or a ConfigError naming --devices for one this machine lacks."""
     try:
-        return devices.placement(config.devices)
+        return devices.placement(names)
     except ValueError as e:
-        raise ConfigError(f"--devices={','.join(config.devices)}: {e}") from None
+        raise ConfigError(f"--devices={','.join(names)}: {e}") from None
 
 
 def device_scope(config: RunConfig):
     """The scope in which models are built so that their weights live on (are mirrored over) the devices."""
-    strategy = placement(config)[1]
+    return strategy_scope(placement(config)[1])
+
+
+def strategy_scope(strategy):
+    """``strategy.scope()``, or no scope for TensorFlow's default placement (None)."""
     return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
@@ -64,14 +73,14 @@ def load_data(config: RunConfig):
 
 
 def load_model(config: RunConfig, name: str | None = None, checkpoint: str | None = None, flag: str = "--checkpoint"):
-    """The model ``config`` attacks (``config.model`` from ``config.checkpoint``), or another one (`name` from
-    `checkpoint`, e.g. transfer's adversarially trained target), on the run's devices
-    (:func:`smoothadv_tf.models.loading.load_model`)."""
+    """The model ``config`` attacks (``config.model``, from `checkpoint` if given, else ``config.checkpoint``),
+    or another one (`name` from `checkpoint`, e.g. transfer's adversarially trained target, which never takes
+    ``config.checkpoint``), on the run's devices (:func:`smoothadv_tf.models.loading.load_model`)."""
     strategy = placement(config)[1]  # first: a device that does not exist here is refused before any training
     from smoothadv_tf.models.loading import load_model as load
 
     if name is None:
-        name, checkpoint = config.model, config.checkpoint
+        name, checkpoint = config.model, checkpoint if checkpoint is not None else config.checkpoint
     return load(
         name,
         config.dataset,

@@ -56,8 +56,13 @@ def _imports(path: str, modules: dict) -> set:
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("smoothadv_tf"):
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # from . import x, from ..records import y: relative to the importing package
+                package = inside.split(".") if path.endswith("__init__.py") else inside.split(".")[:-1]
+                module = ".".join(package[: len(package) - node.level + 1] + ([module] if module else []))
+            if module.startswith("smoothadv_tf"):
+                names = [module] + [f"{module}.{a.name}" for a in node.names]
         for name in names:
             parts = name.split(".")
             for k in range(2, len(parts) + 1):  # smoothadv_tf.models.slim runs smoothadv_tf.models first,
@@ -103,6 +108,14 @@ def test_only_the_flag_layer_reads_flags_and_no_library_module_imports_it():
         tree = ast.parse(open(path).read())
         reads = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "FLAGS"]
         reads += [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "FLAGS"]
+        for node in ast.walk(tree):  # absl.flags itself, under any name
+            if isinstance(node, ast.Import) and any(a.name.startswith("absl.flags") for a in node.names):
+                reads.append(node.lineno)
+            if isinstance(node, ast.ImportFrom) and (
+                (node.module or "").startswith("absl.flags")
+                or (node.module == "absl" and any(a.name == "flags" for a in node.names))
+            ):
+                reads.append(node.lineno)
         assert not reads, f"{path}:{reads[0]} reads absl's FLAGS"
         above = _imports(path, modules) & set(FLAG_LAYER)
         assert not above, f"{path} imports {above}"
@@ -119,10 +132,15 @@ def test_the_layout_check_catches_an_import_upwards_and_a_circle(tmp_path):
     (fake / "records.py").write_text("def f():\n    from smoothadv_tf import runner\n")
     (fake / "runner.py").write_text("from smoothadv_tf.records import f\n")
     (fake / "extra.py").write_text("")
-    problems = layout_problems(str(fake), [{"records"}, {"runner"}])
+    (fake / "sub").mkdir()
+    (fake / "sub" / "__init__.py").write_text("from .low import g\n")
+    (fake / "sub" / "low.py").write_text("from ..runner import f\n")  # relative, upwards
+    layers = [{"records", "sub.low"}, {"runner"}, {"sub"}]
+    problems = layout_problems(str(fake), layers)
     assert problems == [
         "smoothadv_tf.extra: missing from LAYERS",
         "smoothadv_tf.records (layer 0) imports smoothadv_tf.runner (layer 1)",
+        "smoothadv_tf.sub.low (layer 0) imports smoothadv_tf.runner (layer 1)",
         "import circle: smoothadv_tf.records -> smoothadv_tf.runner -> smoothadv_tf.records",
     ]
 
@@ -147,7 +165,69 @@ def test_run_config_refuses_what_the_flags_refuse_with_the_flag_name(tmp_path):
     assert config.attacks == ("fgsm",) and config.preset_name == "mnist"
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.num_images = 3
+    with pytest.raises(TypeError):  # checked once: its overrides cannot change afterwards either
+        RunConfig(attacks=("pgd2",), attack_params={"iterations": 5}, output_dir=str(tmp_path)).attack_params[
+            "iterations"
+        ] = 0
+    for bad in ({"batch_size": True}, {"shard_index": -1}, {"memory_budget_gb": "1"}, {"num_images": 2.5}):
+        with pytest.raises(ConfigError, match=f"--{next(iter(bad))}="):
+            RunConfig(output_dir=str(tmp_path), **bad)
+    assert RunConfig(devices="CPU:0", output_dir=str(tmp_path)).devices == ("CPU:0",)
     assert config.replace(num_images=3).num_images == 3
+
+
+FLAGS_TO_CONFIG = """
+import dataclasses, json, sys
+from absl import flags
+from smoothadv_tf import experiment
+before = set(flags.FLAGS)
+experiment.define_common_flags()
+common = sorted(set(flags.FLAGS) - before)
+flags.FLAGS(sys.argv)
+config = experiment.config_from_flags()
+fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+print(json.dumps({"common": common, "fields": {k: dict(v) if k == "attack_params" else v for k, v in fields.items()}}))
+"""
+
+
+def test_every_common_flag_reaches_the_run_config(tmp_path):
+    """config_from_flags (the one place flags become a RunConfig) passes on every common flag, each set to a
+    value other than its default, and the RunConfig has a field for every common flag and no other."""
+    import subprocess
+    import sys
+
+    checkpoint = tmp_path / "c4.keras"
+    checkpoint.write_bytes(b"")  # checked to exist, never read here
+    given = {
+        "dataset": "mnist",
+        "data_dir": str(tmp_path),
+        "model": "c4_adv",
+        "checkpoint": str(checkpoint),
+        "attacks": ["pgd2", "smooth_carlini_wagner_l2"],
+        "preset": "imagenet",
+        "protocol": "strong",
+        "num_images": 7,
+        "batch_size": 3,
+        "memory_budget_gb": 0.5,
+        "output_dir": str(tmp_path / "out"),
+        "num_shards": 3,
+        "shard_index": 2,
+        "seed": 4,
+        "c4_epochs": 2,
+        "devices": ["CPU:0"],
+        "attack_params": {"iterations": 4, "alpha": 0.9},
+    }
+    argv = [
+        f"--{k}=" + (",".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else ",".join(map(str, v)) if isinstance(v, list) else str(v))
+        for k, v in given.items()
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", FLAGS_TO_CONFIG, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["common"] == sorted(f.name for f in dataclasses.fields(RunConfig))
+    assert out["fields"] == given
 
 
 def readme_run_snippet() -> str:

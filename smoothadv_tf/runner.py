@@ -242,145 +242,109 @@ def run_experiment(
     With a ``tf.distribute`` `strategy` (build the models in its scope), every attack batch is split across
     its replicas; the records are the same as on one device.
     """
-    import contextlib
+    with strategy_scope(strategy):  # every attack loop then runs per replica
+        from tqdm import tqdm
 
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        _run_experiment(
-            model,
-            dataset,
-            attack_names,
-            preset,
-            store,
-            indices,
-            batch_size,
-            single_run,
-            evaluate_on,
-            save_images_dir,
-            progress,
-            overrides,
-            protocol,
-            run_id,
-        )
+        from smoothadv_tf.data import DataError
 
+        # records are keyed by image id: a second image of one id would be dropped (and its PNG overwritten)
+        if len(set(dataset.ids)) != len(dataset.ids):
+            twice = sorted(i for i, n in Counter(dataset.ids).items() if n > 1)
+            raise DataError(f"image ids {twice[:5]} name several images each: records need one id per image")
 
-def _run_experiment(
-    model,
-    dataset,
-    attack_names,
-    preset,
-    store,
-    indices,
-    batch_size,
-    single_run,
-    evaluate_on,
-    save_images_dir,
-    progress,
-    overrides,
-    protocol,
-    run_id,
-) -> None:
-    from tqdm import tqdm
+        import tensorflow as tf
 
-    from smoothadv_tf.data import DataError
+        from smoothadv_tf import attacks as attacks_lib  # TensorFlow: imported when attacks run, not to read records
+        from smoothadv_tf import perceptibility
+        from smoothadv_tf.smoothing import smoothness
 
-    # records are keyed by image id: a second image of one id would be dropped (and its PNG overwritten)
-    if len(set(dataset.ids)) != len(dataset.ids):
-        twice = sorted(i for i, n in Counter(dataset.ids).items() if n > 1)
-        raise DataError(f"image ids {twice[:5]} name several images each: records need one id per image")
-
-    import tensorflow as tf
-
-    from smoothadv_tf import attacks as attacks_lib  # TensorFlow: imported when attacks run, not to read records
-    from smoothadv_tf import perceptibility
-    from smoothadv_tf.smoothing import smoothness
-
-    judges = evaluate_on or {"self": model}
-    runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run, overrides, protocol)]
-    # Attacks that quantise (the default) round x to 8 bits on entry and judge "originally correct" there
-    # (AttackResult.original); the clean records judge the same image, so the two agree.
-    rounding = {bool(p.get("quantize", True)) for _, p in runs} or {True}
-    if len(rounding) > 1:
-        raise ValueError("attack runs with and without quantize: their clean images would differ; run them apart")
-    rounds = rounding.pop()
-    tags = {"protocol": protocol, "run_id": run_id}
-    bar = tqdm(total=len(indices) * len(runs), desc="attack runs x images", unit="img", disable=not progress)
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        ids = [dataset.ids[i] for i in idx]
-        x = dataset.images[idx]
-        if rounds:  # the clean image the attacks start from (attacks.common._prepare: float32, rounded)
-            x = attacks_lib.quantize(tf.constant(np.asarray(x, np.float32))).numpy()
-        source_pred = np.argmax(attacks_lib.logits_of(model, x).numpy(), -1)
-        y = np.where(dataset.labels[idx] >= 0, dataset.labels[idx], source_pred)
-        clean, copied = [], []
-        for judge_name, judge in judges.items():
-            pred = source_pred if judge is model else np.argmax(attacks_lib.logits_of(judge, x).numpy(), -1)
-            for k, image_id in enumerate(ids):
-                if store.has((judge_name, image_id, "clean", None)):
-                    # a shard copies the clean records its folder's records.jsonl holds (RecordStore.done_in)
-                    copied.append((judge_name, image_id, "clean", None))
-                else:
-                    # In transfer, an image counts only if both the source and the judged model get it right.
-                    correct = bool(pred[k] == y[k] and source_pred[k] == y[k])
-                    clean.append(
-                        {
-                            "evaluated_on": judge_name,
-                            "image_id": image_id,
-                            "attack": "clean",
-                            "target": None,
-                            "label": int(y[k]),
-                            "prediction": int(pred[k]),
-                            "correct": correct,
-                            **tags,
-                        }
-                    )
-        store.copy_done(copied)
-        store.append(clean)  # the clean records of a batch first: shard_coverage_problem relies on it
-        if save_images_dir:
-            save_pngs(save_images_dir, "original", None, ids, x)
-        for attack, params in runs:
-            target = params.get("epsilon") if attack in DISTORTION_TARGETING else None
-            todo = [k for k, i in enumerate(ids) if any(not store.has((j, i, attack, target)) for j in judges)]
-            bar.update(len(ids) - len(todo))
-            if not todo:
-                continue
-            started = time.perf_counter()
-            result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)  # numpy: finished
-            seconds = (time.perf_counter() - started) / len(todo)
-            # perceptibility of the judged (quantised) image against the image the attack started from and
-            # measured D from (x rounded to 8 bits when quantising), as D
-            original = result.original
-            smooth = smoothness(result.adversarial - original, original).numpy()
-            ssim = perceptibility.ssim(original, result.adversarial)
-            psnr = perceptibility.psnr(original, result.adversarial)
-            new = []
+        judges = evaluate_on or {"self": model}
+        runs = [(a, p) for a in attack_names for p in attack_runs(a, preset, single_run, overrides, protocol)]
+        # Attacks that quantise (the default) round x to 8 bits on entry and judge "originally correct" there
+        # (AttackResult.original); the clean records judge the same image, so the two agree.
+        rounding = {bool(p.get("quantize", True)) for _, p in runs} or {True}
+        if len(rounding) > 1:
+            raise ValueError("attack runs with and without quantize: their clean images would differ; run them apart")
+        rounds = rounding.pop()
+        tags = {"protocol": protocol, "run_id": run_id}
+        bar = tqdm(total=len(indices) * len(runs), desc="attack runs x images", unit="img", disable=not progress)
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            ids = [dataset.ids[i] for i in idx]
+            x = dataset.images[idx]
+            if rounds:  # the clean image the attacks start from (attacks.common._prepare: float32, rounded)
+                x = attacks_lib.quantize(tf.constant(np.asarray(x, np.float32))).numpy()
+            source_pred = np.argmax(attacks_lib.logits_of(model, x).numpy(), -1)
+            y = np.where(dataset.labels[idx] >= 0, dataset.labels[idx], source_pred)
+            clean, copied = [], []
             for judge_name, judge in judges.items():
-                if judge is model:
-                    success, pred = result.success, result.prediction
-                else:
-                    pred = np.argmax(attacks_lib.logits_of(judge, result.adversarial).numpy(), -1)
-                    success = pred != y[todo]
-                for j, k in enumerate(todo):
-                    new.append(
-                        {
-                            "evaluated_on": judge_name,
-                            "image_id": ids[k],
-                            "attack": attack,
-                            "target": target,
-                            "success": bool(success[j]),
-                            "distortion": float(result.distortion[j]),
-                            "label": int(y[k]),
-                            "prediction": int(pred[j]),
-                            "smoothness": float(smooth[j]),
-                            "ssim": float(ssim[j]),
-                            "psnr": perceptibility.psnr_for_json(psnr[j]),
-                            "iterations": int(result.iterations[j]),
-                            "seconds": seconds,
-                            **tags,
-                        }
-                    )
+                pred = source_pred if judge is model else np.argmax(attacks_lib.logits_of(judge, x).numpy(), -1)
+                for k, image_id in enumerate(ids):
+                    if store.has((judge_name, image_id, "clean", None)):
+                        # a shard copies the clean records its folder's records.jsonl holds (RecordStore.done_in)
+                        copied.append((judge_name, image_id, "clean", None))
+                    else:
+                        # In transfer, an image counts only if both the source and the judged model get it right.
+                        correct = bool(pred[k] == y[k] and source_pred[k] == y[k])
+                        clean.append(
+                            {
+                                "evaluated_on": judge_name,
+                                "image_id": image_id,
+                                "attack": "clean",
+                                "target": None,
+                                "label": int(y[k]),
+                                "prediction": int(pred[k]),
+                                "correct": correct,
+                                **tags,
+                            }
+                        )
+            store.copy_done(copied)
+            store.append(clean)  # the clean records of a batch first: shard_coverage_problem relies on it
             if save_images_dir:
-                save_pngs(save_images_dir, attack, target, [ids[k] for k in todo], result.adversarial)
-            store.append(new)
-            bar.update(len(todo))
-    bar.close()
+                save_pngs(save_images_dir, "original", None, ids, x)
+            for attack, params in runs:
+                target = params.get("epsilon") if attack in DISTORTION_TARGETING else None
+                todo = [k for k, i in enumerate(ids) if any(not store.has((j, i, attack, target)) for j in judges)]
+                bar.update(len(ids) - len(todo))
+                if not todo:
+                    continue
+                started = time.perf_counter()
+                result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)  # numpy: finished
+                seconds = (time.perf_counter() - started) / len(todo)
+                # perceptibility of the judged (quantised) image against the image the attack started from and
+                # measured D from (x rounded to 8 bits when quantising), as D
+                original = result.original
+                smooth = smoothness(result.adversarial - original, original).numpy()
+                ssim = perceptibility.ssim(original, result.adversarial)
+                psnr = perceptibility.psnr(original, result.adversarial)
+                new = []
+                for judge_name, judge in judges.items():
+                    if judge is model:
+                        success, pred = result.success, result.prediction
+                    else:
+                        pred = np.argmax(attacks_lib.logits_of(judge, result.adversarial).numpy(), -1)
+                        success = pred != y[todo]
+                    for j, k in enumerate(todo):
+                        new.append(
+                            {
+                                "evaluated_on": judge_name,
+                                "image_id": ids[k],
+                                "attack": attack,
+                                "target": target,
+                                "success": bool(success[j]),
+                                "distortion": float(result.distortion[j]),
+                                "label": int(y[k]),
+                                "prediction": int(pred[j]),
+                                "smoothness": float(smooth[j]),
+                                "ssim": float(ssim[j]),
+                                "psnr": perceptibility.psnr_for_json(psnr[j]),
+                                "iterations": int(result.iterations[j]),
+                                "seconds": seconds,
+                                **tags,
+                            }
+                        )
+                if save_images_dir:
+                    save_pngs(save_images_dir, attack, target, [ids[k] for k in todo], result.adversarial)
+                store.append(new)
+                bar.update(len(todo))
+        bar.close()

@@ -51,16 +51,26 @@ class _TanhPerturbation:
 
 class _SmoothPerturbation:
     """sC&W: r = ŝ_α(z) (eq. 17), x = c(x_o + r) clipped to [0, 1], penalty ||r||² (eq. 18); z starts at 0.
-    `smoothing` holds :class:`~smoothadv_tf.smoothing.Smoother`'s options (from :func:`_smoothing_options`)."""
+    `smoothing` holds :class:`~smoothadv_tf.smoothing.Smoother`'s options (from :func:`_smoothing_options`).
 
-    def __init__(self, x_o, smoothing):
+    ``smooth_first_step=False`` is the authors' CG class (``SmoothCarliniWagnerL2CG``): no ŝ_α while z = 0,
+    so the first Adam step of each binary-search step follows the unsmoothed gradient (r = z there, the same
+    value 0). They wait for the whole batch to be at 0; here each image is, the batch-independent equivalent
+    (every attacked image leaves 0 after its first step)."""
+
+    def __init__(self, x_o, smoothing, smooth_first_step=True):
         self.latent = SmoothLatent.from_smoother(Smoother(x_o, **smoothing))
+        self.smooth_first_step = smooth_first_step
 
     def initial(self):
         return self.latent.zeros()
 
     def image_and_perturbation(self, z):
-        return self.latent.image_and_perturbation(z)
+        if self.smooth_first_step:
+            return self.latent.image_and_perturbation(z)
+        at_start = _per_image(tf.reduce_all(tf.equal(z, 0.0), axis=[1, 2, 3]))
+        r = tf.where(at_start, z, self.latent.perturbation(z))
+        return tf.clip_by_value(self.latent.x_o + r, 0.0, 1.0), r
 
 
 def _optimality_attack(
@@ -77,6 +87,7 @@ def _optimality_attack(
     abort_early=False,
     best_iterate="misclassified",
     distortion_penalty="squared",
+    smooth_first_step=True,
     target=None,
     quantize_output=True,
     beta1=0.9,
@@ -115,6 +126,7 @@ def _optimality_attack(
         bool(abort_early),
         best_iterate,
         distortion_penalty,
+        bool(smooth_first_step),
         targeted,
         bool(quantize_output),
         beta1,
@@ -127,7 +139,7 @@ def _optimality_attack(
         @tf.function
         def run(x_o, goal, originally_correct, initial_const):
             model = get_model()
-            param = _SmoothPerturbation(x_o, smoothing) if smoothing else _TanhPerturbation(x_o)
+            param = _SmoothPerturbation(x_o, smoothing, smooth_first_step) if smoothing else _TanhPerturbation(x_o)
             start = param.initial()
             ones = tf.ones_like(goal, dtype=tf.float32)  # per-image vectors keep goal's static shape
             inf = ones * np.inf
@@ -280,11 +292,14 @@ def smooth_carlini_wagner_l2(
     abort_early: bool = PROTOCOLS[DEFAULT_PROTOCOL]["abort_early"],
     best_iterate: str = PROTOCOLS[DEFAULT_PROTOCOL]["best_iterate"],
     distortion_penalty: str = "squared",
+    smooth_first_step: bool = True,
     target: np.ndarray | None = None,
     quantize: bool = True,
 ) -> AttackResult:
     """sC&W (eq. 18): C&W's loop on a latent z with perturbation r = ŝ_α(z) guided by x_o. Options as
-    :func:`carlini_wagner_l2`; ``solver="auto"`` (default): dense ŝ_α up to 64 x 64 pixels, CG above."""
+    :func:`carlini_wagner_l2`; ``solver="auto"`` (default): dense ŝ_α up to 64 x 64 pixels, CG above.
+    ``smooth_first_step=False`` and ``distortion_penalty="norm"`` run the authors' CG class as their code does
+    (its first Adam step unsmoothed; :class:`_SmoothPerturbation`); the defaults are eq. (18)."""
     return _optimality_attack(
         model,
         x,
@@ -298,6 +313,7 @@ def smooth_carlini_wagner_l2(
         abort_early=abort_early,
         best_iterate=best_iterate,
         distortion_penalty=distortion_penalty,
+        smooth_first_step=smooth_first_step,
         target=target,
         quantize_output=quantize,
     )

@@ -44,11 +44,11 @@ def test_oracle_matrix_is_the_authors_construction(correct):
         np.testing.assert_allclose(A[i], theirs, atol=2e-5)
 
 
-def test_scw_matches_the_authors_dense_scw(c4_model, correct):
-    x, y, A = correct
+def paper_protocol() -> tuple[dict, dict]:
+    """Ours (the preset, dense solver) and the oracle's options for the paper protocol; no early abort."""
     paper = {**attacks.preset("mnist", "smooth_carlini_wagner_l2", protocol="paper"), "solver": "dense"}
     assert paper["abort_early"] is False
-    oracle_options = dict(
+    oracle = dict(
         confidence=paper["margin"],
         learning_rate=paper["learning_rate"],
         initial_const=paper["initial_const"],
@@ -56,6 +56,12 @@ def test_scw_matches_the_authors_dense_scw(c4_model, correct):
         max_iterations=paper["iterations"],
         abort_early=False,
     )
+    return paper, oracle
+
+
+def test_scw_matches_the_authors_dense_scw(c4_model, correct):
+    x, y, A = correct
+    paper, oracle_options = paper_protocol()
     ours, theirs = {}, {}
     for penalty in ("norm", "squared"):
         result = attacks.smooth_carlini_wagner_l2(c4_model, x, y, **paper, distortion_penalty=penalty)
@@ -75,12 +81,8 @@ def test_scw_with_an_unsmoothed_first_step_matches_the_authors_cg_class(c4_model
     option: ours with smooth_first_step=False matches the oracle run so (dense matrix: the same operator as
     their CG solve converged), and differs from our default by more than the tolerance."""
     x, y, A = correct
-    paper = {**attacks.preset("mnist", "smooth_carlini_wagner_l2", protocol="paper"), "solver": "dense"}
-    oracle = authors_scw(
-        c4_model, x, y, A, penalty="norm", unsmoothed_first_step=True, confidence=paper["margin"],
-        learning_rate=paper["learning_rate"], initial_const=paper["initial_const"],
-        binary_search_steps=paper["binary_search_steps"], max_iterations=paper["iterations"], abort_early=False,
-    )  # fmt: skip
+    paper, oracle_options = paper_protocol()
+    oracle = authors_scw(c4_model, x, y, A, penalty="norm", unsmoothed_first_step=True, **oracle_options)
     p_theirs, d_theirs = judge(c4_model, x, y, oracle)
     runs = {
         first: attacks.smooth_carlini_wagner_l2(

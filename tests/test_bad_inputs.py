@@ -34,6 +34,16 @@ FLAG_CASES = [
     ("white_box.py", ["--attack_params=iterations=2.5"], ["iterations=2.5: expected an integer"]),
     ("white_box.py", ["--attack_params=epsilon=big"], ["--attack_params: epsilon=big: expected a number"]),
     ("white_box.py", ["--attack_params=abort_early=maybe"], ["abort_early=maybe: expected true or false"]),
+    (
+        "white_box.py",
+        ["--attack_params=distortion_penalty=l1"],
+        ["--attack_params:", "distortion_penalty='l1': expected one of ['squared', 'norm']"],
+    ),
+    (
+        "white_box.py",
+        ["--attacks=carlini_wagner_l2", "--attack_params=smooth_first_step=true"],
+        ["smooth_first_step: none of the selected attacks ['carlini_wagner_l2'] takes it"],
+    ),
     ("white_box.py", ["--attack_params=iterations"], ["'iterations' is not key=value"]),
     ("white_box.py", ["--attack_params=colour=red"], ["colour: none of the selected attacks"]),
     (

@@ -145,6 +145,7 @@ def read_image(path: str, size: tuple[int, int] | None = None, channels: int = 3
             im.load()
             if im.mode not in EIGHT_BIT_MODES + SIXTEEN_BIT_MODES:
                 raise DataError(f"{path}: unsupported image mode {im.mode}")
+            _refuse_transparency(path, im)
             sixteen = im.mode in SIXTEEN_BIT_MODES
             if sixteen:
                 values = np.asarray(im)
@@ -167,6 +168,21 @@ def read_image(path: str, size: tuple[int, int] | None = None, channels: int = 3
     if not np.isfinite(x).all():
         raise DataError(f"{path}: image contains NaN or Inf")
     return x
+
+
+def _refuse_transparency(path: str, im) -> None:
+    """An image with transparent pixels is refused (DataError): the model would be attacked on the colour values
+    under the transparency, which no viewer shows (a PNG's transparent pixels are often black or arbitrary).
+    An alpha channel that is opaque everywhere is fine; it is dropped."""
+    if im.mode not in ("RGBA", "LA", "PA") and "transparency" not in im.info:
+        return
+    alpha = np.asarray(im.convert("RGBA"))[..., 3]
+    clear = int((alpha < 255).sum())
+    if clear:
+        raise DataError(
+            f"{path}: {clear} of {alpha.size} pixels are (partly) transparent; flatten the image onto a background "
+            "first (e.g. PIL's Image.alpha_composite) so that what is attacked is what is seen"
+        )
 
 
 def _read_csv(path: str, required: tuple[str, ...]) -> list[dict]:

@@ -144,6 +144,35 @@ def test_sixteen_bit_png_keeps_its_values(tmp_path):
     assert np.abs(ds.images[0, ..., 0] - photo("astronaut", 32).mean(-1)).mean() < 0.02
 
 
+def test_transparent_pixels_are_refused_and_an_opaque_alpha_is_dropped(tmp_path):
+    """A real photo with an alpha channel: opaque everywhere, it loads as the photo itself; with transparent
+    pixels (RGBA, grey + alpha, or a palette with a transparent index) it is refused naming the file, since
+    the attack would see colours under the transparency that no viewer shows."""
+    rgb = (photo("astronaut", 64) * 255).round().astype(np.uint8)
+    opaque = np.concatenate([rgb, np.full((64, 64, 1), 255, np.uint8)], -1)
+    Image.fromarray(opaque, mode="RGBA").save(tmp_path / "opaque.png")
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(
+        data.read_image(str(tmp_path / "opaque.png")), data.read_image(str(tmp_path / "plain.png"))
+    )
+    holed = opaque.copy()
+    holed[:8, :8, 3] = 0  # a transparent corner
+    Image.fromarray(holed, mode="RGBA").save(tmp_path / "rgba.png")
+    grey = np.stack([rgb.mean(-1).astype(np.uint8), holed[..., 3]], -1)
+    Image.fromarray(grey, mode="LA").save(tmp_path / "la.png")
+    palette = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE, colors=16)
+    index = int(np.asarray(palette)[0, 0])
+    palette.save(tmp_path / "palette.png", transparency=index)
+    for name in ("rgba.png", "la.png", "palette.png"):
+        with pytest.raises(DataError, match=rf"{name}: \d+ of 4096 pixels are \(partly\) transparent"):
+            data.read_image(str(tmp_path / name))
+    folder = tmp_path / "folder"  # the same refusal from the image-folder loader, before anything is attacked
+    folder.mkdir()
+    (tmp_path / "rgba.png").rename(folder / "rgba.png")
+    with pytest.raises(DataError, match="rgba.png: 64 of 4096 pixels"):
+        data.load_image_folder(str(folder), (64, 64))
+
+
 def test_integer_image_out_of_the_16_bit_range_is_refused(tmp_path):
     path = tmp_path / "wide.tiff"
     values = np.round(photo("coffee", 16).mean(-1) * 200000).astype(np.int32)

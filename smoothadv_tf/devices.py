@@ -129,7 +129,7 @@ def estimate_bytes_per_image(model, image_shape, attacks: dict, forward: int | N
     value. `forward` skips tracing the model when its activation bytes are known. Returns the parts and "total"."""
     import numpy as np
 
-    from smoothadv_tf.smoothing import DENSE_MAX_PIXELS
+    from smoothadv_tf.smoothing import resolve_solver
 
     values = int(np.prod(image_shape))
     pixels = values // image_shape[-1]
@@ -141,9 +141,11 @@ def estimate_bytes_per_image(model, image_shape, attacks: dict, forward: int | N
     for name, params in attacks.items():
         smoothing = fixed = 0.0
         solver = params.get("solver")
-        if solver == "auto":
-            solver = "dense" if pixels <= DENSE_MAX_PIXELS else "cg"
-        if solver == "cg":
+        if solver == "auto":  # the attack's own choice at a batch of one image (the dense side, if either)
+            solver = resolve_solver((1, *image_shape), params.get("alpha", 0.95))[0]
+        if solver == "chebyshev":  # no trajectory: a few image-sized vectors, as the implicit gradient
+            smoothing = 4 * values * CG_IMPLICIT_IMAGES
+        elif solver == "cg":
             autodiff = name in DIFFERENTIATED_SMOOTHING and params.get("cg_gradient", "autodiff") == "autodiff"
             images = (
                 CG_AUTODIFF_IMAGES_PER_ITERATION * params.get("cg_iterations", 50) if autodiff else CG_IMPLICIT_IMAGES

@@ -4,15 +4,27 @@
     s_α(z) = L_α^-1 z                                                      (eq. 8)
     ŝ_α(z) = diag(s_α(1))^-1 s_α(z)                                         (eq. 9)
 
-L_α is symmetric positive-definite with eigenvalues in [1, (1+α)/(1-α)], so conjugate gradient (CG) applies.
+L_α is symmetric positive-definite with eigenvalues in [1, (1+α)/(1-α)] (those of 𝒲 lie in [-1, 1]).
 Solvers:
-- ``"cg"``: a fixed number of CG iterations (50 by default, as the paper), batched over images and channels.
-  ``gradient="autodiff"`` differentiates through the iterations (the paper's choice): the exact gradient of
-  the *truncated* solve, by a hand-written reverse pass over the recorded search directions (memory: one
-  image per iteration). ``gradient="implicit"`` solves the adjoint system L_α g' = g with CG in the backward
-  pass (L_α is symmetric): the gradient of the *exact* solve, in memory independent of the iteration count.
-- ``"dense"``: for small images (n <= 4096, e.g. 28x28) L_α^-1 is formed once per guide image and normalised
-  row-wise, and smoothing is a batched matmul (the paper does this for MNIST).
+- ``"cg"``: a fixed number of conjugate-gradient iterations (50 by default, the paper's ImageNet setting),
+  batched over images and channels. ``gradient="autodiff"`` differentiates through the iterations (the
+  paper's choice): the exact gradient of the *truncated* solve, by a hand-written reverse pass over the
+  recorded search directions (memory: one image per iteration). ``gradient="implicit"`` solves the adjoint
+  system L_α g' = g with CG in the backward pass (L_α is symmetric): the gradient of the *exact* solve.
+- ``"chebyshev"``: Chebyshev iteration on the known eigenvalue interval. Its k-th iterate is a fixed
+  polynomial p_k(L_α) applied to z, so it is *linear* in z: its exact gradient is the same polynomial applied
+  to g (both ``gradient`` settings coincide), nothing is recorded, and an iteration has no inner product (the
+  part of a CG iteration that XLA's CPU code runs worst). Its relative error is at most 1 / T_k(1/α) for
+  every z (T_k the Chebyshev polynomial), so :func:`chebyshev_iterations` gives the count for a tolerance.
+- ``"dense"``: (I - α𝒲) = C Cᵀ is factorised once per guide image (Cholesky, n <= 4096 pixels) and each
+  solve is two triangular solves: the exact ŝ_α (the paper "pre-computes L_α^-1" for MNIST).
+- ``"auto"``: ŝ_α exact to AUTO_TOLERANCE, by whichever of dense and Chebyshev the measured cost model
+  (:func:`resolve_solver`) predicts faster for the image size, batch and number of applications.
+
+What depends on the guide only (the graph, s_α(1), a factorisation) is its *set-up*
+(:class:`SmoothingSetup`): computed once per image and kept in a bounded cache keyed by the image's content
+(:data:`SETUP_CACHE`), so an ε sweep, a binary search or a repeated attack call on the same images never
+rebuilds it.
 
 Every CG division is guarded per image and channel: a column whose residual is zero (z = 0, or converged
 earlier than the iteration count) stops moving, so values and gradients stay finite.
@@ -20,16 +32,23 @@ earlier than the iteration count) stops moving, so values and gradients stay fin
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
 import numbers
+from collections import OrderedDict
 from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
-from smoothadv_tf.graph import ImageGraph, check_guide, image_graph, stencil_apply
+from smoothadv_tf.graph import HALF_OFFSETS, ImageGraph, check_graph_options, check_guide, image_graph, stencil_apply
 from smoothadv_tf.numerics import safe_div
 
+SOLVERS = ("auto", "chebyshev", "cg", "dense")
 DENSE_MAX_PIXELS = 4096
+# The relative error ||ŝ - ŝ_exact|| / ||ŝ_exact|| solver="auto" guarantees (float32 itself reaches ~1e-7).
+AUTO_TOLERANCE = 1e-6
 # A CG column is frozen once ||r||^2 <= RESIDUAL_FLOOR * ||z||^2 (relative residual 1e-7, float32 precision).
 RESIDUAL_FLOOR = 1e-14
 # s_α(1) >= 1 - α exactly; truncated CG stays close, but the division of eq. (9) is floored anyway.
@@ -150,6 +169,39 @@ def conjugate_gradient_vjp(matvec, b: tf.Tensor, g: tf.Tensor, trajectory: CGTra
     return r_bar + p_bar + 2.0 * rs_bar * b  # r_0 = p_0 = b, rs_0 = <b, b>
 
 
+def chebyshev(matvec, b: tf.Tensor, alpha: float, iterations: int) -> tf.Tensor:
+    """Solve (I - α𝒲) x = b by `iterations` Chebyshev steps from x = 0, where matvec(v) = (I - α𝒲) v.
+
+    The eigenvalues lie in [1 - α, 1 + α] (centre d = 1, half-width c = α), so with σ = d / c = 1/α the
+    classic three-term recurrence (Saad, *Iterative Methods for Sparse Linear Systems*, Alg. 12.1) needs no
+    inner product: x_k = p_k(A) b with 1 - λ p_k(λ) = T_k((1 - λ)/α) / T_k(1/α), hence a relative error of at
+    most 1 / T_k(1/α) for every b, and a map linear in b (its transpose is itself: A is symmetric).
+    """
+    sigma = 1.0 / alpha
+    rho = alpha  # 1 / σ
+    delta = b  # the first step, b / d
+    x = delta
+    r = b - matvec(delta)
+
+    def body(rho, x, r, delta):
+        rho_next = 1.0 / (2.0 * sigma - rho)
+        delta = (rho_next * rho) * delta + (2.0 * rho_next / alpha) * r
+        return rho_next, x + delta, r - matvec(delta), delta
+
+    if iterations > 1:
+        rho = tf.constant(rho, b.dtype)
+        _, x, _, _ = tf.while_loop(lambda *_: True, body, (rho, x, r, delta), maximum_iterations=iterations - 1)
+    return x
+
+
+def chebyshev_iterations(alpha: float, tol: float = AUTO_TOLERANCE) -> int:
+    """Chebyshev steps after which s_α(z)'s relative error is at most `tol` for every z: the smallest k with
+    T_k(1/α) >= 1/tol, i.e. k = ⌈acosh(1/tol) / acosh(1/α)⌉ (45 at α = 0.95 and tol = 1e-6, 37 at 1e-5)."""
+    if alpha == 0.0:
+        return 1
+    return max(1, math.ceil(math.acosh(1.0 / tol) / math.acosh(1.0 / alpha)))
+
+
 def apply_laplacian(normalized: tf.Tensor, offsets, alpha: float, v: tf.Tensor) -> tf.Tensor:
     """v -> L_α v = (v - α 𝒲 v) / (1 - α), with 𝒲 in stencil form."""
     return (v - alpha * stencil_apply(normalized, offsets, v)) / (1.0 - alpha)
@@ -158,7 +210,10 @@ def apply_laplacian(normalized: tf.Tensor, offsets, alpha: float, v: tf.Tensor) 
 # XLA fuses the stencil and the CG vector updates into a few loops (~4x faster than plain TF on CPU). Only
 # the solve is compiled: models around it keep TF's own kernels (XLA's CPU convolutions are much slower).
 @tf.function(jit_compile=True)
-def _cg_laplacian(normalized, b, alpha, offsets, iterations, tol, record=False):
+def _solve_laplacian(normalized, b, alpha, offsets, iterations, tol, method="cg", record=False):
+    if method == "chebyshev":  # on I - α𝒲 = (1 - α) L_α: the same x for right-hand side (1 - α) b
+        matvec = lambda v: v - alpha * stencil_apply(normalized, offsets, v)  # noqa: E731
+        return chebyshev(matvec, (1.0 - alpha) * b, alpha, iterations)
     matvec = lambda v: apply_laplacian(normalized, offsets, alpha, v)  # noqa: E731
     return conjugate_gradient(matvec, b, iterations, tol, record)
 
@@ -206,11 +261,12 @@ def _reassemble(parts, chunks):
 # One call for a whole batch streams every vector through main memory: 2x slower per image at 16 x 299x299x3,
 # and 1.4x slower for a single 299x299x3 image, whose one call runs its loops on both cores.
 @tf.function
-def _solve_in_chunks(normalized, b, alpha, offsets, iterations, tol, chunk_elements, record=False):
-    """s_α for the whole batch; with ``record``, also one CG trajectory per chunk."""
+def _solve_in_chunks(normalized, b, alpha, offsets, iterations, tol, chunk_elements, record=False, method="cg"):
+    """s_α for the whole batch by `method` ("cg" or "chebyshev"); with ``record`` (CG), also one CG trajectory
+    per chunk."""
     chunks = _chunks(b.shape, chunk_elements)
     outs = [
-        _cg_laplacian(coeffs, piece, alpha, offsets, iterations, tol, record)
+        _solve_laplacian(coeffs, piece, alpha, offsets, iterations, tol, method, record)
         for coeffs, piece in _pieces(normalized, [b], chunks)
     ]
     if not record:
@@ -233,8 +289,8 @@ def check_smoother_options(alpha: float, solver: str, iterations: int, gradient:
     real = isinstance(alpha, numbers.Real) and not isinstance(alpha, bool)
     if not real or not 0.0 <= alpha < 1.0:
         raise ValueError(f"alpha={alpha!r}: must be a number in [0, 1)")
-    if solver not in ("cg", "dense"):
-        raise ValueError(f"solver={solver!r}: expected 'cg' or 'dense'")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r}: expected one of {', '.join(map(repr, SOLVERS))}")
     if gradient not in ("autodiff", "implicit"):
         raise ValueError(f"gradient={gradient!r}: expected 'autodiff' or 'implicit'")
     whole = isinstance(iterations, numbers.Real) and not isinstance(iterations, bool) and math.isfinite(iterations)
@@ -244,11 +300,200 @@ def check_smoother_options(alpha: float, solver: str, iterations: int, gradient:
         raise ValueError(f"tol={tol!r}: must be a number >= 0")
 
 
+# ------------------------------------------------------------------------------------------- cost model
+# Seconds, measured on a 2-core Xeon (AVX-512) by `python scripts/bench_smoothing.py --calibrate`, which fits
+# these from timings at several sizes and prints the model's predictions beside the measured times:
+# - one Chebyshev iteration of a batch: CHEB_VALUE_S per value (pixel x channel) + CHEB_STEP_S per loop step;
+# - dense set-up per image and channel group: DENSE_FACTOR_S per n³ (Cholesky of an n x n matrix) plus
+#   DENSE_STENCIL_S per n² (the matrix assembled from the stencil);
+# - one dense solve per image and channel group: DENSE_SOLVE_S per n² (two triangular solves stream the
+#   factor from memory, whatever the channel count) + DENSE_CALL_S.
+COST_MODEL = {
+    "CHEB_VALUE_S": 1.12e-9,
+    "CHEB_STEP_S": 4.0e-6,
+    "DENSE_FACTOR_S": 7.3e-12,
+    "DENSE_STENCIL_S": 4.0e-9,
+    "DENSE_SOLVE_S": 3.1e-10,
+    "DENSE_CALL_S": 2.0e-6,
+}
+# What an ŝ_α is applied to when the caller does not say (solver="auto" in Smoother / LaplacianSmoothing).
+DEFAULT_APPLICATIONS = 100
+
+
+def predicted_seconds(solver: str, shape, alpha: float, applications: int, groups: int = 1, cost=None) -> float:
+    """Predicted seconds per image of ŝ_α with `solver` ("chebyshev" at the iterations of AUTO_TOLERANCE, or
+    "dense") guided by a batch of `shape` (B, H, W, C): its set-up (s_α(1), and a factorisation for dense) plus
+    `applications` solves (a forward and a backward pass count two). `groups`: channel groups of the graph
+    (1 joint, C per channel)."""
+    cost = COST_MODEL if cost is None else cost
+    batch, height, width, channels = (int(d) for d in shape)
+    n = height * width
+    solves = applications + 1  # + s_α(1)
+    if solver == "chebyshev":
+        step = cost["CHEB_VALUE_S"] * n * channels + cost["CHEB_STEP_S"] / batch
+        return solves * chebyshev_iterations(alpha) * step
+    if solver == "dense":
+        setup = groups * (cost["DENSE_FACTOR_S"] * n**3 + cost["DENSE_STENCIL_S"] * n**2)
+        return setup + solves * groups * (cost["DENSE_SOLVE_S"] * n**2 + cost["DENSE_CALL_S"])
+    raise ValueError(f"solver={solver!r}: the cost model covers 'chebyshev' and 'dense'")
+
+
+def resolve_solver(shape, alpha: float, applications: int = DEFAULT_APPLICATIONS, mode: str = "joint", cost=None):
+    """(solver, iterations) that ``solver="auto"`` runs for guides of `shape` (B, H, W, C) and `applications`
+    solves per image: the exact dense solve or Chebyshev at :func:`chebyshev_iterations` (error <=
+    AUTO_TOLERANCE), whichever :func:`predicted_seconds` says is faster (dense only up to DENSE_MAX_PIXELS)."""
+    iterations = chebyshev_iterations(alpha)
+    if alpha == 0.0 or shape[0] is None or shape[1] * shape[2] > DENSE_MAX_PIXELS:
+        return "chebyshev", iterations
+    groups = 1 if mode == "joint" else int(shape[3])
+    costs = {s: predicted_seconds(s, shape, alpha, applications, groups, cost) for s in ("dense", "chebyshev")}
+    solver = min(costs, key=costs.get)
+    return solver, iterations
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+class SmoothingSetup(NamedTuple):
+    """What ŝ_α needs of its guide images, per image (first axis): computed once, reused for every solve."""
+
+    normalized: tf.Tensor  # (B, H, W, K, G): 𝒲 in stencil form (graph.ImageGraph.normalized)
+    normaliser: tf.Tensor  # (B, H, W, G or C): s_α(1), floored at MIN_NORMALISER (eq. 9)
+    factor: tf.Tensor | None = None  # (B, G, n, n): Cholesky factor of I - α𝒲 (solver="dense" only)
+
+
+_GRAPH_SIGNATURE = inspect.signature(image_graph)
+
+
+def _graph_key(graph_options: dict) -> tuple:
+    """image_graph's options with its defaults filled in, as a hashable tuple (TypeError for an unknown one)."""
+    bound = _GRAPH_SIGNATURE.bind(None, **graph_options)
+    bound.apply_defaults()
+    return tuple((k, v) for k, v in bound.arguments.items() if k != "x_o")
+
+
+class SetupCache:
+    """Per-image set-ups keyed by (image bytes, options), least recently used first out once their bytes pass
+    `max_bytes` (default 256 MiB: ~28,000 28x28 images, ~250 299x299 ones). `computed` counts the images whose
+    set-up was built, `reused` those served from the cache."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20):
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict = OrderedDict()
+        self.bytes = 0
+        self.computed = 0
+        self.reused = 0
+
+    def clear(self) -> None:
+        """Forget every set-up (the counters too)."""
+        self._entries.clear()
+        self.bytes = self.computed = self.reused = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key):
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key, arrays: tuple) -> None:
+        size = sum(a.nbytes for a in arrays)
+        if size > self.max_bytes:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= sum(a.nbytes for a in old)
+        self._entries[key] = arrays
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= sum(a.nbytes for a in evicted)
+
+
+SETUP_CACHE = SetupCache()
+
+
+def smoothing_setup(
+    x_o, alpha: float = 0.95, solver: str = "cg", iterations: int = 50, tol: float = 0.0, **graph_options
+) -> SmoothingSetup:
+    """The :class:`SmoothingSetup` of guide images x_o (B, H, W, C): per image from :data:`SETUP_CACHE` when
+    the same image (same bytes) was set up with the same options before, the others built in one batch and
+    cached. Needs x_o's value (eager); inside a traced function, use ``Smoother``, which builds it in the graph.
+    `solver` is "cg", "chebyshev" or "dense" (resolve "auto" first: :func:`resolve_solver`)."""
+    x_o = check_guide(x_o)
+    images = x_o.numpy()
+    options = (float(alpha), solver, int(iterations), float(tol), _graph_key(graph_options))
+    keys = [(hashlib.sha1(image.tobytes()).digest(), image.shape, options) for image in images]
+    found = [SETUP_CACHE.get(key) for key in keys]
+    missing = [i for i, entry in enumerate(found) if entry is None]
+    SETUP_CACHE.reused += len(images) - len(missing)
+    if missing:
+        built = _build_setup(tf.gather(x_o, missing), alpha, solver, iterations, tol, graph_options)
+        arrays = [t.numpy() for t in built if t is not None]
+        SETUP_CACHE.computed += len(missing)
+        for j, i in enumerate(missing):
+            found[i] = tuple(a[j] for a in arrays)
+            SETUP_CACHE.put(keys[i], found[i])
+    stacked = [tf.constant(np.stack(parts)) for parts in zip(*found)]
+    return SmoothingSetup(*stacked)
+
+
+def _build_setup(x_o, alpha, solver, iterations, tol, graph_options) -> SmoothingSetup:
+    """The set-up of guides x_o as TensorFlow ops (eager or in a graph)."""
+    graph = image_graph(x_o, **graph_options)
+    ones = tf.ones_like(x_o[..., :1]) if graph.mode == "joint" else tf.ones_like(x_o)
+    factor = None
+    if alpha == 0.0:
+        normaliser = ones
+    elif solver == "dense":
+        factor = _dense_factor(graph, alpha, x_o.shape)
+        normaliser = _dense_solve(factor, ones, alpha)
+    else:
+        method = "chebyshev" if solver == "chebyshev" else "cg"
+        normaliser = _solve_in_chunks(
+            graph.normalized, ones, alpha, graph.offsets, iterations, tol, CHUNK_ELEMENTS, method=method
+        )
+    return SmoothingSetup(graph.normalized, tf.maximum(normaliser, MIN_NORMALISER), factor)
+
+
+def _dense_factor(graph: ImageGraph, alpha: float, shape) -> tf.Tensor:
+    """Cholesky factors (B, G, n, n) of I - α𝒲 (symmetric positive-definite: eigenvalues in [1 - α, 1 + α])."""
+    b, h, w = shape[0], shape[1], shape[2]
+    if b is None:
+        raise ValueError("solver='dense' needs a static batch size")
+    n = h * w
+    if n > DENSE_MAX_PIXELS:
+        raise ValueError(f"solver='dense': {n} pixels is over {DENSE_MAX_PIXELS}; use solver='cg' or 'chebyshev'")
+    g = graph.normalized.shape[-1]
+    # Columns of 𝒲 for all images and channel groups at once: apply the stencil to the identity basis,
+    # with (image, group) moved to the channel axis, which broadcasts against the n basis images.
+    coeffs = tf.transpose(graph.normalized, (4, 1, 2, 3, 0))  # (G, H, W, K, B)
+    coeffs = tf.reshape(tf.transpose(coeffs, (1, 2, 3, 4, 0)), (1, h, w, len(graph.offsets), b * g))
+    basis = tf.reshape(tf.eye(n, dtype=tf.float32), (n, h, w, 1))
+    cols = tf.reshape(stencil_apply(coeffs, graph.offsets, basis), (n, n, b, g))  # [j, i, b, g] = 𝒲_b,g[i, j]
+    w_mats = tf.transpose(cols, (2, 3, 1, 0))  # (B, G, n, n)
+    return tf.linalg.cholesky(tf.eye(n) - alpha * w_mats)
+
+
+def _dense_solve(factor: tf.Tensor, z: tf.Tensor, alpha: float) -> tf.Tensor:
+    """s_α(z) = (1 - α) (I - α𝒲)^-1 z by two triangular solves per image and channel group; z (B, H, W, C)."""
+    b, h, w, c = z.shape
+    g = factor.shape[1]
+    # (B, G, n, C / G): the channels sharing a graph are the right-hand sides of one solve
+    rhs = tf.transpose(tf.reshape(z, (b, h * w, g, c // g)), (0, 2, 1, 3))
+    x = (1.0 - alpha) * tf.linalg.cholesky_solve(factor, rhs)
+    return tf.reshape(tf.transpose(x, (0, 2, 1, 3)), (b, h, w, c))
+
+
+# -------------------------------------------------------------------------------------------- smoother
 class Smoother:
     """ŝ_α guided by a batch of images x_o (B, H, W, C): ``smoother(z)`` = ŝ_α(z), ``smoother.solve(z)`` = s_α(z).
 
     Works eagerly and inside ``tf.function``; z must have x_o's shape. ``graph_options`` go to
-    :func:`smoothadv_tf.graph.image_graph` (neighbors, kernel, sigma, mode).
+    :func:`smoothadv_tf.graph.image_graph` (neighbors, kernel, sigma, mode). With ``solver="auto"`` the solver
+    and its iterations come from :func:`resolve_solver` for `applications` solves per image (`iterations` and
+    `tol` are then its own). The set-up comes from `setup` when given (a :class:`SmoothingSetup` or its tuple),
+    else from :data:`SETUP_CACHE` when x_o's value is known (eager), else it is built in the graph.
     """
 
     def __init__(
@@ -259,38 +504,65 @@ class Smoother:
         iterations: int = 50,
         gradient: str = "autodiff",
         tol: float = 0.0,
+        setup=None,
+        applications: int = DEFAULT_APPLICATIONS,
         **graph_options,
     ):
         check_smoother_options(alpha, solver, iterations, gradient, tol)
         self.x_o = check_guide(x_o)
         self.alpha = float(alpha)
+        self.shape = self.x_o.shape
+        self.graph_options = graph_options
+        graph_key = dict(_graph_key(graph_options))
+        check_graph_options(**graph_key)
+        self.offsets = HALF_OFFSETS[graph_key["neighbors"]]
+        if solver == "auto":
+            solver, iterations = resolve_solver(
+                self.shape, self.alpha, applications, graph_options.get("mode", "joint")
+            )
+            tol = 0.0
         self.solver = solver
         self.iterations = int(iterations)
         self.gradient = gradient
         self.tol = float(tol)
-        self.graph: ImageGraph = image_graph(self.x_o, **graph_options)
-        self.shape = self.x_o.shape
-        if solver == "dense":
-            n = self.shape[1] * self.shape[2]
-            if n > DENSE_MAX_PIXELS:
-                raise ValueError(f"solver='dense': {n} pixels is over {DENSE_MAX_PIXELS}; use solver='cg'")
-            self._inverse = self._dense_inverse()  # (B, G, n, n), rows normalised (eq. 9)
+        options = (self.alpha, solver, self.iterations, self.tol)
+        if setup is not None:
+            setup = SmoothingSetup(*setup)
+        elif tf.executing_eagerly():
+            setup = smoothing_setup(self.x_o, *options, **graph_options)
         else:
-            ones = tf.ones_like(self.x_o[..., :1]) if self.graph.mode == "joint" else tf.ones_like(self.x_o)
-            normaliser = ones if self.alpha == 0.0 else self._solve_once(ones)  # s_α(1): no gradient needed
-            self._normaliser = tf.maximum(normaliser, MIN_NORMALISER)
+            setup = _build_setup(self.x_o, *options, graph_options)
+        self.setup = setup
+        self._normalized, self._normaliser = setup.normalized, setup.normaliser
+
+    @property
+    def graph(self) -> ImageGraph:
+        """The guide's graph (eq. 5), built on first use (the solves need only the set-up)."""
+        if getattr(self, "_graph", None) is None:
+            self._graph = image_graph(self.x_o, **self.graph_options)
+        return self._graph
 
     # -------------------------------------------------------------------------------------------- helpers
     def laplacian(self, v: tf.Tensor) -> tf.Tensor:
         """v -> L_α v."""
         if self.alpha == 0.0:
             return v
-        return apply_laplacian(self.graph.normalized, self.graph.offsets, self.alpha, v)
+        return apply_laplacian(self._normalized, self.offsets, self.alpha, v)
 
-    def _solve_once(self, b: tf.Tensor) -> tf.Tensor:
-        graph = self.graph
+    def _solve_once(self, b: tf.Tensor, record: bool = False):
+        if self.solver == "dense":
+            return _dense_solve(self.setup.factor, b, self.alpha)
+        method = "chebyshev" if self.solver == "chebyshev" else "cg"
         return _solve_in_chunks(
-            graph.normalized, b, self.alpha, graph.offsets, self.iterations, self.tol, CHUNK_ELEMENTS
+            self._normalized,
+            b,
+            self.alpha,
+            self.offsets,
+            self.iterations,
+            self.tol,
+            CHUNK_ELEMENTS,
+            record=record,
+            method=method,
         )
 
     def _check(self, z) -> tf.Tensor:
@@ -301,29 +573,34 @@ class Smoother:
             raise ValueError(f"z: shape {z.shape} does not match the guide image shape {self.shape}")
         return z
 
-    def _cg_solve(self, z: tf.Tensor, stop_gradient: bool) -> tf.Tensor:
-        if self.alpha == 0.0:
-            return tf.stop_gradient(z) if stop_gradient else z
-        if stop_gradient:
-            return self._solve_once(tf.stop_gradient(z))
-        if self.gradient == "autodiff":
-            x = self._autodiff_solve(z)
-            # CG is homogeneous, not linear, in z, and at z = 0 its iterations are frozen (nothing to solve),
-            # so autodiff gives 0 there. sC&W starts at z = 0 (eq. 18), so for exactly-zero columns route the
-            # gradient through the adjoint solve instead: the derivative of the linear map L_α^-1.
-            zero = tf.reduce_all(tf.equal(z, 0.0), axis=[1, 2], keepdims=True)
-            return tf.where(zero, self._zero_with_adjoint_gradient(z, zero), x)
+    def _linear_solve(self, z: tf.Tensor) -> tf.Tensor:
+        """A solve that is a fixed linear map of z whose transpose is itself (dense, Chebyshev, or CG with the
+        implicit gradient): the backward pass is another solve."""
 
         @tf.custom_gradient
-        def implicit(b):
+        def solve(b):
             x = self._solve_once(tf.stop_gradient(b))
 
-            def grad(g):  # L_α is symmetric: the adjoint solve is another solve
+            def grad(g):
                 return self._solve_once(g)
 
             return x, grad
 
-        return implicit(z)
+        return solve(z)
+
+    def _solve(self, z: tf.Tensor, stop_gradient: bool) -> tf.Tensor:
+        if self.alpha == 0.0:
+            return tf.stop_gradient(z) if stop_gradient else z
+        if stop_gradient:
+            return self._solve_once(tf.stop_gradient(z))
+        if self.solver != "cg" or self.gradient == "implicit":
+            return self._linear_solve(z)
+        x = self._autodiff_solve(z)
+        # CG is homogeneous, not linear, in z, and at z = 0 its iterations are frozen (nothing to solve),
+        # so autodiff gives 0 there. sC&W starts at z = 0 (eq. 18), so for exactly-zero columns route the
+        # gradient through the adjoint solve instead: the derivative of the linear map L_α^-1.
+        zero = tf.reduce_all(tf.equal(z, 0.0), axis=[1, 2], keepdims=True)
+        return tf.where(zero, self._zero_with_adjoint_gradient(z, zero), x)
 
     def _autodiff_solve(self, z: tf.Tensor) -> tf.Tensor:
         """The truncated CG solve, with the gradient of its iterations (the paper's choice).
@@ -331,14 +608,12 @@ class Smoother:
         The forward pass records the K search directions (memory: K images' worth per image, 50 MB for a
         299x299x3 image at K = 50), which the hand-written reverse pass consumes.
         """
-        normalized, offsets, alpha, chunks = self.graph.normalized, self.graph.offsets, self.alpha, CHUNK_ELEMENTS
+        normalized, offsets, alpha, chunks = self._normalized, self.offsets, self.alpha, CHUNK_ELEMENTS
 
         @tf.custom_gradient
         def solve(b):
             # stop_gradient: no tape may record through the compiled loop (its gradient is `grad` below)
-            x, trajectories = _solve_in_chunks(
-                normalized, tf.stop_gradient(b), alpha, offsets, self.iterations, self.tol, chunks, record=True
-            )
+            x, trajectories = self._solve_once(tf.stop_gradient(b), record=True)
 
             def grad(g):
                 return _vjp_in_chunks(normalized, tf.stop_gradient(b), g, trajectories, alpha, offsets, chunks)
@@ -363,23 +638,6 @@ class Smoother:
 
         return zeros(z)
 
-    def _dense_inverse(self) -> tf.Tensor:
-        b, h, w = self.shape[0], self.shape[1], self.shape[2]
-        if b is None:
-            raise ValueError("solver='dense' needs a static batch size")
-        n, g = h * w, self.graph.normalized.shape[-1]
-        # Columns of 𝒲 for all images and channel groups at once: apply the stencil to the identity basis,
-        # with (image, group) moved to the channel axis, which broadcasts against the n basis images.
-        coeffs = tf.transpose(self.graph.normalized, (4, 1, 2, 3, 0))  # (G, H, W, K, B)
-        coeffs = tf.reshape(tf.transpose(coeffs, (1, 2, 3, 4, 0)), (1, h, w, len(self.graph.offsets), b * g))
-        basis = tf.reshape(tf.eye(n, dtype=tf.float32), (n, h, w, 1))
-        stencil = ImageGraph(self.graph.weights, coeffs, self.graph.degree, self.graph.offsets, "joint")
-        cols = tf.reshape(stencil.apply(basis), (n, n, b, g))  # [j, i, b, g] = 𝒲_b,g[i, j]
-        w_mats = tf.transpose(cols, (2, 3, 1, 0))  # (B, G, n, n)
-        lap = (tf.eye(n) - self.alpha * w_mats) / (1.0 - self.alpha)
-        inv = tf.linalg.inv(lap)
-        return inv / tf.maximum(tf.reduce_sum(inv, axis=-1, keepdims=True), MIN_NORMALISER)
-
     # ------------------------------------------------------------------------------------------- public
     def solve(self, z, stop_gradient: bool = False) -> tf.Tensor:
         """s_α(z) = L_α^-1 z (eq. 8), unnormalised.
@@ -387,24 +645,14 @@ class Smoother:
         ``stop_gradient=True``: no gradient flows to z, and autodiff mode records no trajectory (cheaper when
         the result is only used as a value, e.g. sPGD₂'s smoothed gradient).
         """
-        z = self._check(z)
-        if self.solver == "dense":
-            raise ValueError("solve(): the dense solver stores only the normalised ŝ_α; use solver='cg'")
-        return self._cg_solve(z, stop_gradient)
+        return self._solve(self._check(z), stop_gradient)
 
     def __call__(self, z, stop_gradient: bool = False) -> tf.Tensor:
         """ŝ_α(z) = diag(s_α(1))^-1 s_α(z) (eq. 9). ``stop_gradient``: as in :meth:`solve`."""
         z = self._check(z)
-        if stop_gradient:
-            z = tf.stop_gradient(z)
         if self.alpha == 0.0:
-            return z
-        if self.solver == "dense":
-            b, h, w, c = z.shape
-            flat = tf.transpose(tf.reshape(z, (b, h * w, c)), (0, 2, 1))[..., None]  # (B, C, n, 1)
-            out = tf.matmul(self._inverse, flat)  # G = 1 broadcasts over channels
-            return tf.reshape(tf.transpose(out[..., 0], (0, 2, 1)), (b, h, w, c))
-        return self._cg_solve(z, stop_gradient) / self._normaliser
+            return tf.stop_gradient(z) if stop_gradient else z
+        return self._solve(z, stop_gradient) / self._normaliser
 
 
 def smoothness(r, x_o, **graph_options) -> tf.Tensor:

@@ -145,7 +145,7 @@ def test_numpy_scalars_are_options_too(c4_model, batch):
         ({"alpha": 1.0}, "alpha=1.0: must be a number in [0, 1)"),
         ({"alpha": "0.9"}, "alpha='0.9': must be a number in [0, 1)"),
         ({"alpha": float("nan")}, "alpha=nan: must be a number in [0, 1)"),
-        ({"solver": "lu"}, "solver='lu': expected 'cg' or 'dense'"),
+        ({"solver": "lu"}, "solver='lu': expected one of 'auto', 'chebyshev', 'cg', 'dense'"),
         ({"iterations": 0}, "iterations=0: must be a whole number >= 1"),
         ({"iterations": 2.5}, "iterations=2.5: must be a whole number >= 1"),
         ({"gradient": "adjoint"}, "gradient='adjoint': expected"),

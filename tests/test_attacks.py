@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from smoothadv_tf import attacks
-from smoothadv_tf.smoothing import Smoother, smoothness
+from smoothadv_tf.smoothing import Smoother, chebyshev_iterations, smoothness
 
 
 @pytest.fixture(scope="session")
@@ -265,7 +265,9 @@ def test_mixed_precision_model_gives_finite_correct_attacks(c4_model, batch):
 
 
 def test_smooth_attacks_default_to_a_solver_that_fits_the_image_size(c4_model):
-    """With no options, the smooth attacks use the dense ŝ_α on 28 x 28 images and CG on 299 x 299 ones."""
+    """With no options, the smooth attacks use solver="auto": Chebyshev at its exact-enough iteration count on
+    28 x 28 and 299 x 299 images (`cg_iterations` is then not used), the dense ŝ_α on tiny ones (the cost
+    model's crossover; tests/test_smoothing_cost.py), and run on a 299 x 299 photo."""
     from conftest import photos
 
     x = photos(299, 1)
@@ -273,8 +275,10 @@ def test_smooth_attacks_default_to_a_solver_that_fits_the_image_size(c4_model):
     y = np.argmax(model(x).numpy(), -1)
     r = attacks.smooth_carlini_wagner_l2(model, x, y, binary_search_steps=1, iterations=2, cg_iterations=3)
     assert np.isfinite(r.adversarial).all() and r.iterations[0] == 2
-    assert attacks._smoothing_options(0.9, "auto", 5, "autodiff", None, (1, 299, 299, 3))["solver"] == "cg"
-    assert attacks._smoothing_options(0.9, "auto", 5, "autodiff", None, (1, 28, 28, 1))["solver"] == "dense"
+    for shape in ((1, 299, 299, 3), (100, 28, 28, 1)):
+        options = attacks._smoothing_options(0.9, "auto", 5, "autodiff", None, shape, 200)
+        assert (options["solver"], options["iterations"]) == ("chebyshev", chebyshev_iterations(0.9)), shape
+    assert attacks._smoothing_options(0.9, "auto", 5, "autodiff", None, (100, 8, 8, 1), 200)["solver"] == "dense"
 
 
 def test_compiled_cache_frees_models_and_pads_batches(fashion_test):

@@ -88,6 +88,7 @@ def graph_builds(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(smoothing, "image_graph", counting)
+    monkeypatch.setattr(smoothing, "SETUP_CACHE", smoothing.SetupCache())  # no set-up from an earlier test
     return calls
 
 
@@ -95,6 +96,7 @@ def test_cache_reuses_graph_for_an_equal_guide_and_rebuilds_for_another(images, 
     x_a, x_b, z = images
     ref_a, ref_b = Smoother(x_a, alpha=0.95)(z).numpy(), Smoother(x_b, alpha=0.95)(z).numpy()
     graph_builds.clear()
+    smoothing.SETUP_CACHE.clear()  # the layer's own cache is under test, not the per-image set-up cache
     layer = LaplacianSmoothing(alpha=0.95)
     np.testing.assert_allclose(layer([z, x_a]).numpy(), ref_a, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(layer([z, x_a.copy()]).numpy(), ref_a, rtol=1e-5, atol=1e-6)  # equal values

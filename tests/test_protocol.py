@@ -71,8 +71,7 @@ def test_preset_protocols_and_default():
 def test_direct_call_defaults_are_the_default_protocols_preset():
     """carlini_wagner_l2(model, x, y) called directly used to run the strong protocol while preset() and the
     README call `paper` the default. Every attack's keyword defaults now equal what preset("mnist", name) gives
-    under DEFAULT_PROTOCOL (derived from presets here, so a drift on either side fails), but for solver="auto",
-    which is the preset's "dense" on MNIST-sized images."""
+    under DEFAULT_PROTOCOL (derived from presets here, so a drift on either side fails), solver="auto" included."""
     import inspect
 
     assert presets.DEFAULT_PROTOCOL == "paper"
@@ -80,10 +79,6 @@ def test_direct_call_defaults_are_the_default_protocols_preset():
         defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY}
         expected = presets.preset("mnist", name)  # the default protocol
         for key, value in expected.items():
-            if key == "solver":
-                assert defaults[key] == "auto" and value == "dense", name
-                assert attacks._smoothing_options(0.9, "auto", 5, "autodiff", None, (1, 28, 28, 1))["solver"] == value
-                continue
             assert defaults[key] == value, (name, key, defaults[key], value)
     for name in presets.OPTIMALITY_ATTACKS:  # the protocol's own keys, spelled out
         defaults = {p.name: p.default for p in inspect.signature(attacks.ATTACKS[name]).parameters.values()}

@@ -109,7 +109,7 @@ def hat_s(lap, z):
     return sla.spsolve(lap, z) / sla.spsolve(lap, np.ones(lap.shape[0]))
 
 
-@pytest.mark.parametrize("solver", ["cg", "dense"])
+@pytest.mark.parametrize("solver", ["cg", "chebyshev", "dense"])
 def test_normalised_smoothing_preserves_constants(fashion_test, solver):
     """ŝ_α(c·1) = c·1 holds by construction for any L_α (eq. 9 divides by s_α(1)), so the test also checks
     that it is *this* L_α's ŝ_α: on a non-constant signal, equal to scipy's solve of eq. (8)-(9) with L_α built
@@ -149,14 +149,14 @@ def test_alpha_zero_is_identity(fashion_test):
     np.testing.assert_allclose(Smoother(x, alpha=0.0)(z).numpy(), z)
 
 
-@pytest.mark.parametrize("gradient", ["autodiff", "implicit"])
-def test_gradient_matches_finite_differences(gradient):
+@pytest.mark.parametrize("solver, gradient", [("cg", "autodiff"), ("cg", "implicit"), ("chebyshev", "autodiff")])
+def test_gradient_matches_finite_differences(solver, gradient):
     x = photos(6, 1)
     z0 = np.random.default_rng(5).standard_normal((1, 6, 6, 3))
     weights = tf.constant(np.random.default_rng(6).standard_normal((1, 6, 6, 3)), tf.float64)
 
     def f(z):
-        s = Smoother(x, alpha=0.9, iterations=40, gradient=gradient)
+        s = Smoother(x, alpha=0.9, solver=solver, iterations=40, gradient=gradient)
         return tf.reduce_sum(tf.cast(s(tf.cast(z, tf.float32)), tf.float64) * weights)
 
     theoretical, numerical = tf.test.compute_gradient(f, [tf.constant(z0, tf.float64)], delta=1e-2)
@@ -288,7 +288,7 @@ CHECKERBOARD = (np.indices((8, 8)).sum(0) % 2).astype(np.float32)[None, ..., Non
 
 @pytest.mark.parametrize("image", [FLAT, ISOLATED, CHECKERBOARD], ids=["flat", "isolated", "checkerboard"])
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 0.95, 0.997, 0.999])
-@pytest.mark.parametrize("solver", ["cg", "dense"])
+@pytest.mark.parametrize("solver", ["cg", "chebyshev", "dense"])
 def test_degenerate_images_stay_finite(image, alpha, solver):
     z = tf.constant(np.random.default_rng(8).standard_normal(image.shape), tf.float32)
     with tf.GradientTape() as tape:

@@ -35,7 +35,7 @@ import tensorflow as tf
 from smoothadv_tf.graph import check_graph_options, image_graph
 from smoothadv_tf.numerics import l2_norm  # the distortion measure; attacks.l2_norm, as before
 from smoothadv_tf.presets import OPTIONS, check_params
-from smoothadv_tf.smoothing import DENSE_MAX_PIXELS
+from smoothadv_tf.smoothing import resolve_solver, smoothing_setup
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -341,15 +341,18 @@ def _compiled(model, key, build) -> _Traced:
     return per_model[key]
 
 
-def _run_padded(traced: _Traced, batch: list[np.ndarray], *scalars):
+def _run_padded(traced: _Traced, batch: list[np.ndarray], *scalars, setup: tuple = ()):
     """Call a traced loop on per-image arrays (first axis = batch; the third must be `originally_correct`,
     padded with False so that padding images are not attacked), padding to a traced size; unpad the outputs.
+    `setup` holds more per-image arrays (a smoothing set-up), padded and split alike and passed to the loop
+    as one tuple after the batch.
 
     Inside a ``tf.distribute`` strategy's scope (e.g. ``MirroredStrategy``), the batch is split into equal
     consecutive shares, one per replica, each attacked by the same loop on its device inside ``strategy.run``;
     the outputs are concatenated back in order. Every image keeps its own state, so results do not depend on
     how the batch is split (tested: bitwise equal records on 1 and 2 devices)."""
     n = len(batch[0])
+    batch = [*batch, *setup]
     distributed = tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context()
     strategy = tf.distribute.get_strategy() if distributed else None
     replicas = strategy.num_replicas_in_sync if distributed else 1
@@ -361,8 +364,12 @@ def _run_padded(traced: _Traced, batch: list[np.ndarray], *scalars):
         pad = [np.repeat(a[-1:], size - n, axis=0) for a in batch]
         pad[2] = np.zeros(size - n, bool)
         batch = [np.concatenate([a, p]) for a, p in zip(batch, pad)]
+
+    def loop_args(arrays):  # (x_o, goal, originally_correct, (set-up arrays))
+        return (*arrays[:3], tuple(arrays[3:]))
+
     if not distributed:
-        outputs = traced.fn(*[tf.constant(a) for a in batch], *scalars)
+        outputs = traced.fn(*loop_args([tf.constant(a) for a in batch]), *scalars)
     else:
         shares = [
             strategy.experimental_distribute_values_from_function(
@@ -370,37 +377,49 @@ def _run_padded(traced: _Traced, batch: list[np.ndarray], *scalars):
             )
             for a in batch
         ]
-        outputs = traced.fn(tuple(shares), scalars)
+        outputs = traced.fn(loop_args(shares), scalars)
         outputs = [tf.concat(strategy.experimental_local_results(o), 0) for o in outputs]
     return [o[:n] for o in outputs]
 
 
-def _run_attack_loop(model, x, y, target, quantize_output: bool, key: tuple, build, *scalars) -> AttackResult:
+def _run_attack_loop(
+    model, x, y, target, quantize_output: bool, key: tuple, build, *scalars, smoothing: dict | None = None
+) -> AttackResult:
     """The pipeline every attack loop runs: check the inputs and judge x (:func:`_prepare`), fetch or trace
     the loop of `model` for static configuration `key` (:func:`_compiled`), run it on the padded batch
     (:func:`_run_padded`) and judge its images (:func:`_finish`). An attack family supplies only `key`,
-    `build` and its run-time `scalars`.
+    `build` and its run-time `scalars`; a smooth attack also its Smoother options `smoothing`, whose set-up
+    (graph, s_α(1), factorisation) is taken per image from :data:`smoothadv_tf.smoothing.SETUP_CACHE` (built
+    once per image and options, reused by later calls on the same images: an ε sweep, a rerun).
 
-    ``build(get_model)`` returns the traced loop ``run(x_o, goal, originally_correct, *scalars) -> (x_adv,
-    used)``: x_o the (rounded) images, goal the target labels if given else the true ones, originally_correct
-    the images to attack (the others, and the padding, must come back unchanged), one float32 scalar tensor per
-    entry of `scalars` (values that may change between calls without a retrace, e.g. ε); it returns the
-    images to judge and the gradient steps spent on each. Everything else the loop depends on must be in
-    `key`, which also says whether it is targeted and quantised."""
+    ``build(get_model)`` returns the traced loop ``run(x_o, goal, originally_correct, setup, *scalars) ->
+    (x_adv, used)``: x_o the (rounded) images, goal the target labels if given else the true ones,
+    originally_correct the images to attack (the others, and the padding, must come back unchanged), setup
+    the :class:`~smoothadv_tf.smoothing.SmoothingSetup` tensors of x_o (an empty tuple without smoothing), one
+    float32 scalar tensor per entry of `scalars` (values that may change between calls without a retrace,
+    e.g. ε); it returns the images to judge and the gradient steps spent on each. Everything else the loop
+    depends on must be in `key`, which also says whether it is targeted and quantised."""
     x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
     traced = _compiled(model, key, build)
     goal = target if target is not None else y
     scalars = [tf.constant(value, tf.float32) for value in scalars]
-    x_adv, used = _run_padded(traced, [x, goal, originally_correct], *scalars)
+    setup = ()
+    if smoothing:
+        options = {k: v for k, v in smoothing.items() if k != "gradient"}
+        setup = tuple(t.numpy() for t in smoothing_setup(x, **options) if t is not None)
+    x_adv, used = _run_padded(traced, [x, goal, originally_correct], *scalars, setup=setup)
     return _finish(model, x, y, target, x_adv, used.numpy(), originally_correct, quantize_output)
 
 
-def _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, image_shape) -> dict:
-    """Smoother options of the smooth attacks; solver="auto" is the dense ŝ_α (eq. 9 as a matrix) up to
-    smoothing.DENSE_MAX_PIXELS pixels (64 x 64) and CG above, as the paper does for MNIST and ImageNet."""
+def _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, image_shape, applications: int) -> dict:
+    """Smoother options of the smooth attacks. ``solver="auto"`` is resolved here, for the batch's image
+    shape and the attack's `applications` (solves of ŝ_α per image, a backward pass counting one), by
+    :func:`smoothadv_tf.smoothing.resolve_solver`: the exact ŝ_α (to AUTO_TOLERANCE) by the dense
+    factorisation or Chebyshev iteration, whichever its measured cost model predicts faster."""
     _check_graph(graph)
     if solver == "auto":
-        solver = "dense" if image_shape[1] * image_shape[2] <= DENSE_MAX_PIXELS else "cg"
+        mode = (graph or {}).get("mode", "joint")
+        solver, cg_iterations = resolve_solver(tuple(image_shape), alpha, applications, mode)
     return {
         "alpha": alpha,
         "solver": solver,

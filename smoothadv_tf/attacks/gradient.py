@@ -63,9 +63,9 @@ def _gradient_attack(
 
     def build(get_model):
         @tf.function
-        def run(x_o, goal, originally_correct, epsilon, step):
+        def run(x_o, goal, originally_correct, setup, epsilon, step):
             model = get_model()
-            latent = SmoothLatent.from_smoother(Smoother(x_o, **smoothing)) if smoothing else None
+            latent = SmoothLatent.from_smoother(Smoother(x_o, setup=setup, **smoothing)) if smoothing else None
 
             def body(k, x_adv, done, used):
                 with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -103,7 +103,7 @@ def _gradient_attack(
 
         return run
 
-    return _run_attack_loop(model, x, y, target, quantize_output, key, build, epsilon, step)
+    return _run_attack_loop(model, x, y, target, quantize_output, key, build, epsilon, step, smoothing=smoothing)
 
 
 @checked_attack("fgsm")
@@ -207,7 +207,7 @@ def smooth_pgd2(
         step=step,
         iterations=iterations,
         norm="l2",
-        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
+        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), iterations),
         target=target,
         early_stop=early_stop,
         quantize_output=quantize,

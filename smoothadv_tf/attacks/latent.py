@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import _per_image, _smoothing_options
 from smoothadv_tf.numerics import safe_div, safe_norm
-from smoothadv_tf.smoothing import Smoother
+from smoothadv_tf.smoothing import DEFAULT_APPLICATIONS, Smoother
 
 
 class SmoothLatent:
@@ -50,7 +50,7 @@ class SmoothLatent:
         graph: dict | None = None,
     ):
         shape = x_o.shape if tf.is_tensor(x_o) else np.shape(x_o)
-        options = _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, shape)
+        options = _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, shape, DEFAULT_APPLICATIONS)
         self._use(Smoother(x_o, **options))
 
     @classmethod

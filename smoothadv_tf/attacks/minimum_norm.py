@@ -90,9 +90,9 @@ def _rescaling_attack(
 
     def build(get_model):
         @tf.function
-        def run(x_o, goal, originally_correct, epsilon, max_step, min_step):
+        def run(x_o, goal, originally_correct, setup, epsilon, max_step, min_step):
             model = get_model()
-            latent = SmoothLatent.from_smoother(Smoother(x_o, **smoothing)) if smoothing else None
+            latent = SmoothLatent.from_smoother(Smoother(x_o, setup=setup, **smoothing)) if smoothing else None
             worst = l2_norm(tf.maximum(x_o, 1.0 - x_o))  # no perturbation in [0, 1] is longer
             ones = tf.ones_like(worst)
 
@@ -176,7 +176,9 @@ def _rescaling_attack(
 
         return run
 
-    return _run_attack_loop(model, x, y, target, quantize_output, key, build, epsilon, max_step, min_step)
+    return _run_attack_loop(
+        model, x, y, target, quantize_output, key, build, epsilon, max_step, min_step, smoothing=smoothing
+    )
 
 
 @checked_attack("ddn")
@@ -222,7 +224,7 @@ def smooth_ddn(
     z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`, eq. 19) or ∇ₓℓ (`"image"`; see the module docstring)."""
     return _rescaling_attack(
         model, x, y, rule="ddn", iterations=iterations, epsilon=init_epsilon, max_step=1.0, min_step=0.01,
-        gamma=gamma, smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
+        gamma=gamma, smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), 2 * iterations),
         direction=direction, target=target, quantize_output=quantize,
     )  # fmt: skip
 
@@ -281,7 +283,7 @@ def smooth_fmn(
     z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`, eq. 19) or ∇ₓℓ (`"image"`; see the module docstring)."""
     return _rescaling_attack(
         model, x, y, rule="fmn", iterations=iterations, epsilon=1.0, max_step=max_step, min_step=min_step,
-        gamma=gamma, smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
+        gamma=gamma, smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), 2 * iterations),
         direction=direction, target=target, quantize_output=quantize,
     )  # fmt: skip
 
@@ -309,6 +311,6 @@ def smooth_pgd2_latent(
     adversarial iterate, as PGD₂; z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`) or ∇ₓℓ (`"image"`)."""
     return _rescaling_attack(
         model, x, y, rule="pgd", iterations=iterations, epsilon=epsilon, max_step=step, min_step=step,
-        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
+        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), 2 * iterations),
         direction=direction, target=target, quantize_output=quantize,
     )  # fmt: skip

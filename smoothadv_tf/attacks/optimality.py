@@ -58,8 +58,8 @@ class _SmoothPerturbation:
     value 0). They wait for the whole batch to be at 0; here each image is, the batch-independent equivalent
     (every attacked image leaves 0 after its first step)."""
 
-    def __init__(self, x_o, smoothing, smooth_first_step=True):
-        self.latent = SmoothLatent.from_smoother(Smoother(x_o, **smoothing))
+    def __init__(self, x_o, smoothing, setup, smooth_first_step=True):
+        self.latent = SmoothLatent.from_smoother(Smoother(x_o, setup=setup, **smoothing))
         self.smooth_first_step = smooth_first_step
 
     def initial(self):
@@ -137,9 +137,11 @@ def _optimality_attack(
 
     def build(get_model):
         @tf.function
-        def run(x_o, goal, originally_correct, initial_const):
+        def run(x_o, goal, originally_correct, setup, initial_const):
             model = get_model()
-            param = _SmoothPerturbation(x_o, smoothing, smooth_first_step) if smoothing else _TanhPerturbation(x_o)
+            param = (
+                _SmoothPerturbation(x_o, smoothing, setup, smooth_first_step) if smoothing else _TanhPerturbation(x_o)
+            )
             start = param.initial()
             ones = tf.ones_like(goal, dtype=tf.float32)  # per-image vectors keep goal's static shape
             inf = ones * np.inf
@@ -229,7 +231,7 @@ def _optimality_attack(
 
         return run
 
-    return _run_attack_loop(model, x, y, target, quantize_output, key, build, initial_const)
+    return _run_attack_loop(model, x, y, target, quantize_output, key, build, initial_const, smoothing=smoothing)
 
 
 @checked_attack("carlini_wagner_l2")
@@ -304,7 +306,9 @@ def smooth_carlini_wagner_l2(
         model,
         x,
         y,
-        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x)),
+        smoothing=_smoothing_options(
+            alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), 2 * binary_search_steps * iterations
+        ),
         margin=margin,
         learning_rate=learning_rate,
         initial_const=initial_const,

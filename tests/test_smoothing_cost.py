@@ -1,0 +1,157 @@
+"""What makes ŝ_α cheap without changing it: the Chebyshev solve, the per-image set-up cache, solver="auto".
+
+Oracles: scipy's sparse solve (the exact s_α), tf.test.compute_gradient (finite differences, in
+test_smoothing.py), and the dense Cholesky solve, itself checked against scipy in test_smoothing.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+import tensorflow as tf
+from conftest import photos
+from test_smoothing import scipy_laplacian
+
+import smoothadv_tf.smoothing as smoothing
+from smoothadv_tf import attacks
+from smoothadv_tf.smoothing import Smoother, chebyshev_iterations, resolve_solver
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch):
+    """An empty set-up cache for the test, and a count of the batches whose set-up is built."""
+    cache = smoothing.SetupCache()
+    monkeypatch.setattr(smoothing, "SETUP_CACHE", cache)
+    builds = []
+    original = smoothing._build_setup
+
+    def counting(x_o, *args, **kwargs):
+        builds.append(int(x_o.shape[0]))
+        return original(x_o, *args, **kwargs)
+
+    monkeypatch.setattr(smoothing, "_build_setup", counting)
+    return cache, builds
+
+
+@pytest.mark.parametrize("alpha, tol", [(0.95, 1e-6), (0.99, 1e-4)])
+def test_chebyshev_error_is_within_its_a_priori_bound(alpha, tol):
+    """s_α by Chebyshev at chebyshev_iterations(α, tol) steps is within tol (relative, 2-norm) of scipy's
+    exact sparse solve on a real photo, every channel; at a third of the steps it is not (the bound is tight
+    enough to be the iteration count, not a loose safety margin)."""
+    x = photos(48, 1)
+    z = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    steps = chebyshev_iterations(alpha, tol)
+    lap = scipy_laplacian(Smoother(x, alpha=alpha).graph, 0, alpha)
+    exact = [sla.spsolve(lap, z[0, ..., c].ravel().astype(np.float64)) for c in range(3)]
+
+    def worst_error(iterations):
+        ours = Smoother(x, alpha=alpha, solver="chebyshev", iterations=iterations).solve(z).numpy()
+        return max(np.linalg.norm(ours[0, ..., c].ravel() - e) / np.linalg.norm(e) for c, e in enumerate(exact))
+
+    assert worst_error(steps) <= max(tol, 2e-6)  # float32 floor
+    assert worst_error(steps // 3) > 10 * tol
+
+
+def test_chebyshev_is_linear_and_its_own_transpose(fashion_test):
+    """The Chebyshev ŝ_α is a fixed linear map (so z = 0 needs no special case, unlike CG) and its gradient is
+    its transpose: <ŝ(u), v> = <u, ŝᵀ(v)> with ŝᵀ(v) = s(v / s(1)) from the tape, equal to the dense one's."""
+    x = fashion_test.images[:2]
+    rng = np.random.default_rng(1)
+    u, v = (tf.constant(rng.standard_normal(x.shape), tf.float32) for _ in range(2))
+    cheb = Smoother(x, alpha=0.95, solver="chebyshev", iterations=45)
+    np.testing.assert_allclose(cheb(2.0 * u - 3.0 * v).numpy(), (2.0 * cheb(u) - 3.0 * cheb(v)).numpy(), atol=2e-5)
+    transposes = []
+    for solver in ("chebyshev", "dense"):
+        s = Smoother(x, alpha=0.95, solver=solver, iterations=45)
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            inner = tf.reduce_sum(s(u) * v)
+        transposes.append(tape.gradient(inner, u).numpy())
+    np.testing.assert_allclose(transposes[0], transposes[1], atol=1e-4)
+    zero = tf.zeros_like(u)
+    with tf.GradientTape() as tape:
+        tape.watch(zero)
+        inner = tf.reduce_sum(cheb(zero) * v)
+    np.testing.assert_allclose(tape.gradient(inner, zero).numpy(), transposes[1], atol=1e-4)
+
+
+def test_auto_picks_dense_below_the_crossover_and_chebyshev_above():
+    """The cost model's choice on both sides of its crossover (8 x 8 and 28 x 28 at 100 images and 200 solves,
+    the crossover lying between), consistent with its own predictions; above DENSE_MAX_PIXELS it never
+    considers dense; and both choices give the exact ŝ_α (AUTO_TOLERANCE) on a real photo."""
+    small, large = (100, 8, 8, 3), (100, 28, 28, 1)
+    assert resolve_solver(small, 0.95, 200)[0] == "dense"
+    assert resolve_solver(large, 0.95, 200)[0] == "chebyshev"
+    for shape in (small, large):
+        costs = {s: smoothing.predicted_seconds(s, shape, 0.95, 200) for s in ("dense", "chebyshev")}
+        assert resolve_solver(shape, 0.95, 200)[0] == min(costs, key=costs.get)
+    assert resolve_solver((1, 65, 65, 1), 0.95, 10**6)[0] == "chebyshev"  # 4225 pixels: no dense
+    # the crossover moves with the work: one solve per image cannot pay for a factorisation
+    assert resolve_solver((100, 20, 20, 1), 0.95, 1)[0] == "chebyshev"
+    for size in (8, 28):
+        x = photos(size, 2)
+        z = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
+        auto = Smoother(x, alpha=0.95, solver="auto", applications=200)
+        exact = Smoother(x, alpha=0.95, solver="cg", iterations=400)(z).numpy()
+        assert auto.solver == ("dense" if size == 8 else "chebyshev")
+        err = np.linalg.norm(auto(z).numpy() - exact) / np.linalg.norm(exact)
+        assert err <= 5 * smoothing.AUTO_TOLERANCE, (size, err)
+
+
+def test_setup_is_built_once_per_image_over_an_epsilon_sweep_and_a_binary_search(c4_model, fashion_test, fresh_cache):
+    """sPGD₂ over three ε and sC&W with a 3-step binary search, twice, on the same 8 images: the set-up is
+    built once per image and options (one batch), never inside an iteration or again on a later call."""
+    cache, builds = fresh_cache
+    x, y = fashion_test.images[:8], fashion_test.labels[:8]
+    sweep = [attacks.smooth_pgd2(c4_model, x, y, epsilon=eps, iterations=3, solver="chebyshev") for eps in (1, 2, 3)]
+    assert builds == [8] and (cache.computed, cache.reused) == (8, 16)
+    assert sweep[0].mean_distortion < sweep[2].mean_distortion or sweep[0].p_suc < sweep[2].p_suc  # ε is used
+    for _ in range(2):
+        attacks.smooth_carlini_wagner_l2(c4_model, x, y, binary_search_steps=3, iterations=5, solver="chebyshev")
+    assert builds == [8] and (cache.computed, cache.reused) == (8, 32)  # same solver and iterations: shared
+    attacks.smooth_carlini_wagner_l2(c4_model, x, y, binary_search_steps=1, iterations=5, solver="dense")
+    assert builds == [8, 8] and cache.computed == 16  # other options: another set-up
+    x2 = x.copy()
+    x2[3, 5, 5] = 1.0 - x2[3, 5, 5]  # one pixel of one image: that image only is set up again
+    attacks.smooth_pgd2(c4_model, x2, y, epsilon=1, iterations=3, solver="chebyshev")
+    assert builds == [8, 8, 1] and cache.computed == 17
+
+
+def test_cached_setup_equals_a_fresh_one_and_the_cache_stays_within_its_bound(monkeypatch):
+    """A set-up served from the cache is the one a fresh build gives; the cache holds at most max_bytes,
+    dropping the least recently used images first; an image too large for it is simply not kept."""
+    x = photos(32, 4)
+    fresh = smoothing._build_setup(tf.constant(x), 0.95, "chebyshev", 40, 0.0, {})
+    per_image = sum(t[0].numpy().nbytes for t in fresh if t is not None)
+    cache = smoothing.SetupCache(max_bytes=int(2.5 * per_image))
+    monkeypatch.setattr(smoothing, "SETUP_CACHE", cache)
+    first = smoothing.smoothing_setup(x, 0.95, "chebyshev", 40)
+    assert cache.computed == 4 and len(cache) == 2 and cache.bytes <= cache.max_bytes
+    for a, b in zip(first, fresh):
+        if b is not None:
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    smoothing.smoothing_setup(x[3:], 0.95, "chebyshev", 40)  # the most recent image: still there
+    assert (cache.computed, cache.reused) == (4, 1)
+    smoothing.smoothing_setup(x[:1], 0.95, "chebyshev", 40)  # the oldest: evicted, built again
+    assert (cache.computed, cache.reused) == (5, 1) and cache.bytes <= cache.max_bytes
+    tiny = smoothing.SetupCache(max_bytes=per_image // 2)
+    monkeypatch.setattr(smoothing, "SETUP_CACHE", tiny)
+    again = smoothing.smoothing_setup(x[:2], 0.95, "chebyshev", 40)
+    assert len(tiny) == 0 and tiny.bytes == 0
+    np.testing.assert_array_equal(again.normaliser.numpy(), fresh.normaliser.numpy()[:2])
+
+
+@pytest.mark.parametrize("attack", ["smooth_pgd2", "smooth_carlini_wagner_l2", "smooth_ddn"])
+def test_auto_gives_the_dense_results_on_real_images(c4_model, fashion_test, attack):
+    """The presets' solver="auto" (Chebyshev at 28 x 28) against the exact dense solve, 40 real images, the
+    MNIST preset (paper protocol): the same successes and D̄ equal to 1e-3 relative."""
+    x, y = fashion_test.images[:40], fashion_test.labels[:40]
+    params = attacks.preset("mnist", attack)
+    if attack == "smooth_ddn":
+        params["iterations"] = 30
+    auto = getattr(attacks, attack)(c4_model, x, y, **params)
+    dense = getattr(attacks, attack)(c4_model, x, y, **{**params, "solver": "dense"})
+    assert params["solver"] == "auto" and auto.success.sum() > 0
+    np.testing.assert_array_equal(auto.success, dense.success)
+    assert abs(auto.mean_distortion - dense.mean_distortion) <= 1e-3 * dense.mean_distortion

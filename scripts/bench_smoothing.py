@@ -39,6 +39,12 @@ flags.DEFINE_float("alpha", 0.997, "smoothing α (ImageNet preset)")
 flags.register_validator("alpha", lambda v: 0 <= v < 1, "must be in [0, 1)")
 flags.DEFINE_integer("repeats", 7, "timed rounds (median reported)", lower_bound=1)
 flags.DEFINE_string("output", "results/bench_smoothing.json", "JSON output path")
+flags.DEFINE_boolean(
+    "crossover", False, "instead: solver='auto''s cost model against measured dense / Chebyshev times over image sizes"
+)
+flags.DEFINE_list("crossover_sizes", ["6", "8", "10", "12", "16", "20", "28"], "image sides for --crossover")
+flags.DEFINE_integer("crossover_batch", 20, "images per batch for --crossover", lower_bound=1)
+flags.DEFINE_integer("applications", 20, "solves per image after the set-up, for --crossover", lower_bound=0)
 
 
 def real_photos(size: int, count: int) -> np.ndarray:
@@ -100,8 +106,112 @@ def scipy_cg(x: np.ndarray, z: np.ndarray, alpha: float, iterations: int):
     return run
 
 
+def crossover(alpha: float) -> dict:
+    """solver="auto"'s cost model beside the measured times of its two candidates: per image, the set-up (graph,
+    s_α(1), and for dense the Cholesky factor) plus FLAGS.applications solves, on real photos at each size, the
+    set-up cache bypassed (each timed run builds it). Prints the predicted and measured ms, the model's choice
+    and whether it was the faster one."""
+    import tensorflow as tf
+
+    from smoothadv_tf import smoothing
+
+    batch, apps = FLAGS.crossover_batch, FLAGS.applications
+    rows = []
+    for side in (int(s) for s in FLAGS.crossover_sizes):
+        x = tf.constant(real_photos(side, batch))
+        z = tf.constant(np.random.default_rng(0).standard_normal(x.shape).astype(np.float32))
+        iterations = smoothing.chebyshev_iterations(alpha)
+
+        def traced(solver, x=x, z=z, iterations=iterations, apps=apps):
+            @tf.function  # set-up and solves in one graph, as inside an attack's traced loop
+            def run():
+                setup = smoothing._build_setup(x, alpha, solver, iterations, 0.0, {})
+                s = smoothing.Smoother(x, alpha=alpha, solver=solver, iterations=iterations, setup=setup)
+                out = tf.zeros_like(z)
+                for _ in range(apps):  # chained, so that no solve is pruned from the graph as unused
+                    out = s(z + 1e-3 * out, stop_gradient=True)
+                return tf.reduce_sum(out) + tf.reduce_sum(setup.normaliser)
+
+            return lambda: float(run())
+
+        runs = {s: traced(s) for s in ("dense", "chebyshev")}
+        measured = interleaved_ms(runs, FLAGS.repeats, block=1)
+        setup_only = interleaved_ms({s: traced(s, apps=0) for s in runs}, FLAGS.repeats, block=1)
+        shape = tuple(x.shape)
+        predicted = {s: 1000 * smoothing.predicted_seconds(s, shape, alpha, apps) for s in ("dense", "chebyshev")}
+        choice = smoothing.resolve_solver(shape, alpha, apps)[0]
+        rows.append(
+            {
+                "side": side,
+                "measured_ms_per_image": {s: v / batch for s, v in measured.items()},
+                "measured_setup_ms_per_image": {s: v / batch for s, v in setup_only.items()},
+                "predicted_ms_per_image": predicted,
+                "choice": choice,
+                "choice_was_faster": measured[choice] <= min(measured.values()),
+            }
+        )
+    print(
+        f"solver='auto' cost model, alpha {alpha}, {batch} photos x 3 channels, set-up + {apps} solves per image, "
+        f"Chebyshev at {smoothing.chebyshev_iterations(alpha)} iterations (error <= {smoothing.AUTO_TOLERANCE:g})"
+    )
+    print(
+        "| side | dense measured | dense predicted | Chebyshev measured | Chebyshev predicted | auto picks | faster? |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        m, p = r["measured_ms_per_image"], r["predicted_ms_per_image"]
+        print(
+            f"| {r['side']} | {m['dense']:.3f} | {p['dense']:.3f} | {m['chebyshev']:.3f} | {p['chebyshev']:.3f} | "
+            f"{r['choice']} | {'yes' if r['choice_was_faster'] else 'no'} |"
+        )
+    fitted = fit_cost_model(rows, alpha, batch, apps)
+    print("constants fitted to these measurements (smoothing.COST_MODEL holds the ones auto uses):")
+    print(", ".join(f"{k} {v:.3g}" for k, v in fitted.items()))
+    return {"alpha": alpha, "batch": batch, "applications": apps, "rows": rows, "fitted": fitted}
+
+
+def fit_cost_model(rows: list, alpha: float, batch: int, apps: int) -> dict:
+    """Least-squares constants of smoothing.predicted_seconds from the crossover measurements (3 channels, one
+    joint graph): Chebyshev's set-up + apps solves against (values, 1 / batch); dense's set-up alone against
+    (n³, n²) and its solves (with set-up minus without) against (n², 1)."""
+    from smoothadv_tf import smoothing
+
+    k = smoothing.chebyshev_iterations(alpha)
+    sides = np.array([r["side"] for r in rows], float)
+    n = sides**2
+    cheb = np.array([r["measured_ms_per_image"]["chebyshev"] for r in rows]) / 1000 / ((apps + 1) * k)
+    dense_setup = np.array([r["measured_setup_ms_per_image"]["dense"] for r in rows]) / 1000
+    dense_solves = np.array([r["measured_ms_per_image"]["dense"] for r in rows]) / 1000 - dense_setup
+    from scipy.optimize import nnls  # costs are not negative
+
+    # relative errors: every size counts, not only the largest
+    def fit(columns, target):
+        a = np.stack(columns, 1)
+        return nnls(a / target[:, None], np.ones_like(target))[0]
+
+    value, step = fit([3 * n, np.full_like(n, 1 / batch)], cheb)
+    factor, stencil, setup = fit([n**3, n**2, np.ones_like(n)], dense_setup)
+    solve, call = fit([n**2, np.ones_like(n)], dense_solves / max(apps, 1))
+    return {
+        "CHEB_VALUE_S": float(value),
+        "CHEB_STEP_S": float(step),
+        "DENSE_FACTOR_S": float(factor),
+        "DENSE_STENCIL_S": float(stencil),
+        "DENSE_SETUP_S": float(setup),
+        "DENSE_SOLVE_S": float(solve),
+        "DENSE_CALL_S": float(call),
+    }
+
+
 def main(_):
     import tensorflow as tf
+
+    if FLAGS.crossover:
+        result = crossover(FLAGS.alpha)
+        os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
+        with open(FLAGS.output, "w") as f:
+            json.dump(result, f, indent=2)
+        return
 
     from smoothadv_tf.smoothing import Smoother
 

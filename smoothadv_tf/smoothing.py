@@ -42,7 +42,15 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from smoothadv_tf.graph import HALF_OFFSETS, ImageGraph, check_graph_options, check_guide, image_graph, stencil_apply
+from smoothadv_tf.graph import (
+    HALF_OFFSETS,
+    ImageGraph,
+    check_graph_options,
+    check_guide,
+    image_graph,
+    shift,
+    stencil_apply,
+)
 from smoothadv_tf.numerics import safe_div
 
 SOLVERS = ("auto", "chebyshev", "cg", "dense")
@@ -60,12 +68,16 @@ CHUNK_ELEMENTS = 2**17
 
 
 def _dot(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """Per image and channel inner product over pixels: (B, H, W, C) -> (B, 1, 1, C).
+    """Per image and channel inner product over pixels: (B, H, W, C) -> (B, 1, 1, C), or per row of the
+    solves' (B·C, H·W) rows: (R, P) -> (R, 1).
 
     XLA's CPU code for a reduction over the pixel axes runs ~one add at a time (2/3 of a CG iteration went
     there), so with static shapes the products are summed in DOT_LANES * C independent lanes first (a
     reduction over the major axis, which vectorises), then the lanes are summed per channel.
     """
+    if a.shape.rank == 2:
+        a, b = a[:, None, :, None], b[:, None, :, None]  # (R, 1, P, 1): one channel, same lane reduction
+        return tf.reshape(_dot(a, b), (-1, 1))
     batch, height, width, channels = a.shape
     if None in (batch, height, width, channels):
         return tf.reduce_sum(a * b, axis=[1, 2], keepdims=True)
@@ -207,23 +219,105 @@ def apply_laplacian(normalized: tf.Tensor, offsets, alpha: float, v: tf.Tensor) 
     return (v - alpha * stencil_apply(normalized, offsets, v)) / (1.0 - alpha)
 
 
-# XLA fuses the stencil and the CG vector updates into a few loops (~4x faster than plain TF on CPU). Only
+def _operator(normalized: tf.Tensor, offsets, shape) -> tuple[tf.Tensor, tuple]:
+    """𝒲 in the form the compiled solves apply it to v of `shape` (B, H, W, C): (coefficients, structure).
+
+    With several channels (and a static shape) the solves run on *rows*: v as (B·C, H·W), one row per image
+    and channel (a CG column), and 𝒲 v is 2K shifts of each row, each times a coefficient array built once per
+    solve (both directions of each edge, repeated over a joint graph's channels): structure ("rows", steps),
+    coefficients (2K, B·C, H·W). The image-shaped stencil (graph.stencil_apply) vectorises badly along a minor
+    channel axis of 3. Measured per value and Chebyshev / CG iteration, rows against stencil (2-core AVX-512
+    Xeon): 16x16x3 1.3 / 2.1 ns against 4.0 / 1.9; 64x64x3 0.8 / 2.3 against 2.4 / 2.0; 128x128x3 0.9 / 2.2
+    against 2.8 / 3.9. With one channel the stencil is as fast or faster (28x28x1 1.1 / 2.1 ns either way;
+    299x299x1 1.0 / 1.9 against 1.7 / 3.3 as rows), so it stays: ("stencil", offsets) and `normalized` itself,
+    also for an unknown shape. A large image's chunks are single channels (see _chunks). Rows are formed once
+    per solve (a layout change inside the loop cost as much as the gain), and the coefficients in their own
+    compiled call (built inside the solve, XLA sinks them into the iterations). No wrap-around: a coefficient
+    is 0 wherever its neighbour is outside the image (graph.image_graph), so a shift past a row's end adds
+    nothing.
+    """
+    if None in tuple(shape) or shape[-1] == 1:
+        return normalized, ("stencil", tuple(offsets))
+    width = shape[2]
+    steps = [s for dy, dx in offsets for s in (dy * width + dx, -(dy * width + dx))]
+    return _row_coefficients(normalized, tuple(offsets), tuple(shape)), ("rows", tuple(steps))
+
+
+@tf.function(jit_compile=True)  # its own compiled call: its outputs are materialised, not sunk into a loop
+def _row_coefficients(normalized, offsets, shape):
+    coeffs = []
+    for k, (dy, dx) in enumerate(offsets):
+        forward = normalized[:, :, :, k, :]  # w(p, p + o), stored at p
+        backward = shift(forward, -dy, -dx)  # w(p - o, p) = w(p, p - o), moved to p
+        coeffs += [_to_rows(tf.broadcast_to(forward, shape)), _to_rows(tf.broadcast_to(backward, shape))]
+    return tf.stack(coeffs)
+
+
+def _to_rows(v: tf.Tensor) -> tf.Tensor:
+    """(B, H, W, C) -> (B·C, H·W): one row per image and channel."""
+    b, h, w, c = v.shape
+    if c == 1:
+        return tf.reshape(v, (b, h * w))
+    return tf.reshape(tf.transpose(tf.reshape(v, (b, h * w, c)), (0, 2, 1)), (b * c, h * w))
+
+
+def _from_rows(v: tf.Tensor, shape) -> tf.Tensor:
+    """Inverse of :func:`_to_rows`."""
+    b, h, w, c = shape
+    if c == 1:
+        return tf.reshape(v, shape)
+    return tf.reshape(tf.transpose(tf.reshape(v, (b, c, h * w)), (0, 2, 1)), shape)
+
+
+def _shift_row(v: tf.Tensor, step: int) -> tf.Tensor:
+    """u[:, i] = v[:, i + step] on (R, P) rows, zero past either end."""
+    if step > 0:
+        return tf.pad(v[:, step:], [[0, 0], [0, step]])
+    return tf.pad(v[:, : v.shape[1] + step], [[0, 0], [-step, 0]])
+
+
+def _matvec(coeffs: tf.Tensor, structure: tuple, alpha: float, laplacian: bool = True):
+    """v -> L_α v (or, with ``laplacian=False``, (I - α𝒲) v), 𝒲 given by :func:`_operator` (v as rows, or
+    image-shaped for a "stencil" structure)."""
+    kind, layout = structure
+    scale = 1.0 / (1.0 - alpha) if laplacian else 1.0
+    if kind == "stencil":
+        return lambda v: (v - alpha * stencil_apply(coeffs, layout, v)) * scale
+
+    def matvec(v):
+        smoothed = coeffs[0] * _shift_row(v, layout[0])
+        for k in range(1, len(layout)):
+            smoothed += coeffs[k] * _shift_row(v, layout[k])
+        return (v - alpha * smoothed) * scale
+
+    return matvec
+
+
+# XLA fuses the shifts and the CG vector updates into a few loops (~4x faster than plain TF on CPU). Only
 # the solve is compiled: models around it keep TF's own kernels (XLA's CPU convolutions are much slower).
 @tf.function(jit_compile=True)
-def _solve_laplacian(normalized, b, alpha, offsets, iterations, tol, method="cg", record=False):
+def _solve_laplacian(coeffs, structure, b, alpha, iterations, tol, method="cg", record=False):
+    rows = structure[0] == "rows"
+    v = _to_rows(b) if rows else b
     if method == "chebyshev":  # on I - α𝒲 = (1 - α) L_α: the same x for right-hand side (1 - α) b
-        matvec = lambda v: v - alpha * stencil_apply(normalized, offsets, v)  # noqa: E731
-        return chebyshev(matvec, (1.0 - alpha) * b, alpha, iterations)
-    matvec = lambda v: apply_laplacian(normalized, offsets, alpha, v)  # noqa: E731
-    return conjugate_gradient(matvec, b, iterations, tol, record)
+        x = chebyshev(_matvec(coeffs, structure, alpha, laplacian=False), (1.0 - alpha) * v, alpha, iterations)
+        return _from_rows(x, b.shape) if rows else x
+    out = conjugate_gradient(_matvec(coeffs, structure, alpha), v, iterations, tol, record)
+    if not rows:
+        return out
+    if record:
+        return _from_rows(out[0], b.shape), out[1]
+    return _from_rows(out, b.shape)
 
 
 # Autodiff through the CG iterations, by hand: a while loop's saved intermediates cannot leave an XLA
 # function, so the forward pass returns its trajectory explicitly and this reverse pass consumes it.
 @tf.function(jit_compile=True)
-def _cg_laplacian_vjp(normalized, b, g, trajectory, alpha, offsets):
-    matvec = lambda v: apply_laplacian(normalized, offsets, alpha, v)  # noqa: E731
-    return conjugate_gradient_vjp(matvec, b, g, trajectory)
+def _cg_laplacian_vjp(coeffs, structure, b, g, trajectory, alpha):
+    matvec = _matvec(coeffs, structure, alpha)
+    if structure[0] != "rows":
+        return conjugate_gradient_vjp(matvec, b, g, trajectory)
+    return _from_rows(conjugate_gradient_vjp(matvec, _to_rows(b), _to_rows(g), trajectory), b.shape)
 
 
 def _chunks(shape: tf.TensorShape, chunk_elements: int) -> list[tuple[slice, list[slice]]]:
@@ -266,7 +360,7 @@ def _solve_in_chunks(normalized, b, alpha, offsets, iterations, tol, chunk_eleme
     per chunk."""
     chunks = _chunks(b.shape, chunk_elements)
     outs = [
-        _solve_laplacian(coeffs, piece, alpha, offsets, iterations, tol, method, record)
+        _solve_laplacian(*_operator(coeffs, offsets, piece.shape), piece, alpha, iterations, tol, method, record)
         for coeffs, piece in _pieces(normalized, [b], chunks)
     ]
     if not record:
@@ -278,7 +372,9 @@ def _solve_in_chunks(normalized, b, alpha, offsets, iterations, tol, chunk_eleme
 def _vjp_in_chunks(normalized, b, g, trajectories, alpha, offsets, chunk_elements):
     chunks = _chunks(b.shape, chunk_elements)
     pieces = _pieces(normalized, [b, g], chunks)
-    grads = [_cg_laplacian_vjp(coeffs, b_, g_, t, alpha, offsets) for (coeffs, b_, g_), t in zip(pieces, trajectories)]
+    grads = []
+    for (coeffs, b_, g_), trajectory in zip(pieces, trajectories):
+        grads.append(_cg_laplacian_vjp(*_operator(coeffs, offsets, b_.shape), b_, g_, trajectory, alpha))
     return _reassemble(grads, chunks)
 
 
@@ -301,20 +397,25 @@ def check_smoother_options(alpha: float, solver: str, iterations: int, gradient:
 
 
 # ------------------------------------------------------------------------------------------- cost model
-# Seconds, measured on a 2-core Xeon (AVX-512) by `python scripts/bench_smoothing.py --calibrate`, which fits
-# these from timings at several sizes and prints the model's predictions beside the measured times:
+# Seconds, fitted (non-negative least squares on relative errors) by `python scripts/bench_smoothing.py
+# --crossover` on a 2-core Xeon (AVX-512) to set-up + 20 solves of 20 real photos at sides 4 to 32, which it
+# prints beside the model's predictions and choices:
 # - one Chebyshev iteration of a batch: CHEB_VALUE_S per value (pixel x channel) + CHEB_STEP_S per loop step;
 # - dense set-up per image and channel group: DENSE_FACTOR_S per n³ (Cholesky of an n x n matrix) plus
-#   DENSE_STENCIL_S per n² (the matrix assembled from the stencil);
+#   DENSE_STENCIL_S per n² (the matrix assembled from the stencil) plus DENSE_SETUP_S;
 # - one dense solve per image and channel group: DENSE_SOLVE_S per n² (two triangular solves stream the
 #   factor from memory, whatever the channel count) + DENSE_CALL_S.
+# There (20 colour photos, 20 solves) dense is faster up to 6x6 and Chebyshev from 14x14 in both measurement
+# and model; between, the two measured within 15 % of each other and the model's crossover (13x13) is late by
+# up to 11 %. With one channel (Fashion-MNIST) a Chebyshev solve costs a third and wins from 6x6.
 COST_MODEL = {
-    "CHEB_VALUE_S": 1.12e-9,
-    "CHEB_STEP_S": 4.0e-6,
-    "DENSE_FACTOR_S": 7.3e-12,
-    "DENSE_STENCIL_S": 4.0e-9,
-    "DENSE_SOLVE_S": 3.1e-10,
-    "DENSE_CALL_S": 2.0e-6,
+    "CHEB_VALUE_S": 1.07e-9,
+    "CHEB_STEP_S": 6.5e-7,
+    "DENSE_FACTOR_S": 1.58e-12,
+    "DENSE_STENCIL_S": 8.3e-9,
+    "DENSE_SETUP_S": 2.26e-5,
+    "DENSE_SOLVE_S": 3.76e-10,
+    "DENSE_CALL_S": 1.91e-6,
 }
 # What an ŝ_α is applied to when the caller does not say (solver="auto" in Smoother / LaplacianSmoothing).
 DEFAULT_APPLICATIONS = 100
@@ -333,7 +434,7 @@ def predicted_seconds(solver: str, shape, alpha: float, applications: int, group
         step = cost["CHEB_VALUE_S"] * n * channels + cost["CHEB_STEP_S"] / batch
         return solves * chebyshev_iterations(alpha) * step
     if solver == "dense":
-        setup = groups * (cost["DENSE_FACTOR_S"] * n**3 + cost["DENSE_STENCIL_S"] * n**2)
+        setup = groups * (cost["DENSE_FACTOR_S"] * n**3 + cost["DENSE_STENCIL_S"] * n**2 + cost["DENSE_SETUP_S"])
         return setup + solves * groups * (cost["DENSE_SOLVE_S"] * n**2 + cost["DENSE_CALL_S"])
     raise ValueError(f"solver={solver!r}: the cost model covers 'chebyshev' and 'dense'")
 

@@ -50,7 +50,9 @@ class LaplacianSmoothing(keras.layers.Layer):
     them while the guide has the same shape and values (checked by one elementwise comparison, far cheaper
     than the solve). When x_o is a symbolic input (a model input under ``model.predict`` or a ``tf.function``
     argument), its value exists only when the graph runs, so graph and normaliser are ops of that graph and
-    are recomputed on every run: to reuse them there, build a ``Smoother`` once outside the function.
+    are recomputed on every run: to reuse them there, build a ``Smoother`` once outside the function. Behind
+    the layer's own cache, a concrete guide's set-up also comes from ``smoothing.SETUP_CACHE`` (per image,
+    keyed by its bytes), so alternating between guides does not rebuild them either.
     """
 
     def __init__(

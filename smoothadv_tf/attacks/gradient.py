@@ -198,7 +198,8 @@ def smooth_pgd2(
     quantize: bool = True,
 ) -> AttackResult:
     """sPGD₂ (eq. 12): PGD₂ whose gradient is smoothed by ŝ_α guided by x_o before normalisation.
-    ``solver="auto"`` (default): dense ŝ_α up to 64 x 64 pixels, CG above."""
+    ``solver="auto"`` (default): the exact ŝ_α, dense or Chebyshev by the cost model
+    of :func:`smoothadv_tf.smoothing.resolve_solver`; ``"cg"``: the paper's CG (``cg_iterations``, ``cg_gradient``)."""
     return _gradient_attack(
         model,
         x,

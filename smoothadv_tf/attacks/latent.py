@@ -11,8 +11,9 @@ loss with respect to z is the gradient with respect to r smoothed by ŝ_αᵀ, w
 version on z: sC&W (eq. 18) is C&W's loop with r = ŝ_α(z), and an L2 PGD step becomes a step on z whose
 perturbation stays "smooth like x_o" at every iterate.
 
-Truncated CG (the default above 64 x 64 pixels) is homogeneous in z as exactly as float32 rounding allows (every
-CG scalar is a ratio of inner products), so the rescaling is exact to float32 precision with both solvers.
+The dense and Chebyshev solves are linear in z; truncated CG (the paper's ImageNet solver) is homogeneous in z as
+exactly as float32 rounding allows (every CG scalar is a ratio of inner products), so the rescaling is exact to
+float32 precision with every solver.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ class SmoothLatent:
     most / exactly ``radius``. Works eagerly and inside ``tf.function`` (the smooth attacks build one inside
     their traced loops); z has x_o's shape; ``radius`` is a scalar or one value per image.
 
-    Options as the smooth attacks: ``solver="auto"`` is the dense ŝ_α (eq. 9 as a matrix) up to 64 x 64 pixels
-    and ``"cg"`` above; ``cg_iterations`` and ``cg_gradient`` (``"autodiff"`` through the iterations, as the
-    paper, or ``"implicit"``) set the CG solve; ``graph`` holds :func:`smoothadv_tf.graph.image_graph` options
+    Options as the smooth attacks: ``solver="auto"`` is the exact ŝ_α by the dense or the Chebyshev solve,
+    whichever :func:`smoothadv_tf.smoothing.resolve_solver` predicts faster (for DEFAULT_APPLICATIONS solves per
+    image); ``"cg"`` is the paper's CG, ``cg_iterations`` and ``cg_gradient`` (``"autodiff"`` through the
+    iterations, as the paper, or ``"implicit"``) set it; ``graph`` holds :func:`smoothadv_tf.graph.image_graph` options
     (neighbors, kernel, sigma, mode). :meth:`from_smoother` wraps an existing
     :class:`~smoothadv_tf.smoothing.Smoother` instead.
     """

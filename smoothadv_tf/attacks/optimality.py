@@ -299,7 +299,8 @@ def smooth_carlini_wagner_l2(
     quantize: bool = True,
 ) -> AttackResult:
     """sC&W (eq. 18): C&W's loop on a latent z with perturbation r = ŝ_α(z) guided by x_o. Options as
-    :func:`carlini_wagner_l2`; ``solver="auto"`` (default): dense ŝ_α up to 64 x 64 pixels, CG above.
+    :func:`carlini_wagner_l2`; ``solver="auto"`` (default): the exact ŝ_α, dense or Chebyshev by the cost model
+    of :func:`smoothadv_tf.smoothing.resolve_solver`; ``"cg"``: the paper's CG (``cg_iterations``, ``cg_gradient``).
     ``smooth_first_step=False`` and ``distortion_penalty="norm"`` run the authors' CG class as their code does
     (its first Adam step unsmoothed; :class:`_SmoothPerturbation`); the defaults are eq. (18)."""
     return _optimality_attack(

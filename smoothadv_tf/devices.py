@@ -83,7 +83,9 @@ def placement(names=()) -> tuple[list[str], object]:
 ACTIVATION_FACTOR = 1.05
 CG_AUTODIFF_IMAGES_PER_ITERATION = 1.0
 # The dense ŝ_α (smoothing.Smoother, solver="dense") builds n x n matrices per image (n = pixels): the stencil
-# applied to the identity, 𝒲, L_α, its inverse and the normalised inverse. Measured peak resident memory of
+# applied to the identity, 𝒲, I - α𝒲 and its Cholesky factor (before issue #25 also an inverse and its
+# normalised copy, when the peaks below were measured; tests/test_devices.py checks that the estimate still
+# lies within 2.5 times the peak measured now). Measured peak resident memory of
 # building it on this CPU (random 3-channel images, in units of one matrix, 4 n² bytes), oneDNN on / off:
 # 48x48, B = 1: 10.6 / 11-16, B = 3: 24 / 18-19, B = 4: 36 / 25; 64x64, B = 1: 11.3 / 8.1, B = 4: 31 / 22. The
 # peak depends on the kernels and on when the executor frees, so the estimate is their upper envelope (the safe
@@ -129,6 +131,7 @@ def estimate_bytes_per_image(model, image_shape, attacks: dict, forward: int | N
     value. `forward` skips tracing the model when its activation bytes are known. Returns the parts and "total"."""
     import numpy as np
 
+    from smoothadv_tf.presets import smoothing_applications
     from smoothadv_tf.smoothing import resolve_solver
 
     values = int(np.prod(image_shape))
@@ -141,10 +144,13 @@ def estimate_bytes_per_image(model, image_shape, attacks: dict, forward: int | N
     for name, params in attacks.items():
         smoothing = fixed = 0.0
         solver = params.get("solver")
-        if solver == "auto":  # the attack's own choice at a batch of one image (the dense side, if either)
-            solver = resolve_solver((1, *image_shape), params.get("alpha", 0.95))[0]
-        if solver == "chebyshev":  # no trajectory: a few image-sized vectors, as the implicit gradient
-            smoothing = 4 * values * CG_IMPLICIT_IMAGES
+        graph = params.get("graph") or {}
+        if solver == "auto":  # the attack's own choice for its solves, at a batch of one (where dense is likeliest)
+            applications = smoothing_applications(name, params)
+            mode = graph.get("mode", "joint")
+            solver = resolve_solver((1, *image_shape), params.get("alpha", 0.95), applications, mode)[0]
+        if solver == "chebyshev":  # no trajectory: a few image-sized vectors, and the rows' 2K coefficient arrays
+            smoothing = 4 * values * (CG_IMPLICIT_IMAGES + graph.get("neighbors", 4))
         elif solver == "cg":
             autodiff = name in DIFFERENTIATED_SMOOTHING and params.get("cg_gradient", "autodiff") == "autodiff"
             images = (

@@ -172,6 +172,19 @@ PROTOCOL_DESCRIPTIONS = {
 OPTIMALITY_ATTACKS = ("carlini_wagner_l2", "smooth_carlini_wagner_l2")
 
 
+def smoothing_applications(attack: str, params: dict) -> int:
+    """Solves of ŝ_α per image that `attack` makes with `params` (a backward pass through ŝ_α counting one):
+    what solver="auto" weighs a dense factorisation against (smoothing.resolve_solver); 0 without smoothing."""
+    iterations = int(params.get("iterations", 100))
+    if attack == "smooth_pgd2":  # the gradient is smoothed; nothing flows back through ŝ_α
+        return iterations
+    if attack == "smooth_carlini_wagner_l2":
+        return 2 * int(params.get("binary_search_steps", 1)) * iterations
+    if attack in ("smooth_ddn", "smooth_fmn", "smooth_pgd2_latent"):
+        return 2 * iterations
+    return 0
+
+
 def preset(name: str, attack: str, protocol: str = DEFAULT_PROTOCOL, **overrides) -> dict:
     """Parameters of `attack` under preset `name` ('mnist' or 'imagenet', §5.2) and `protocol` ('paper', the
     default: the authors' one-step C&W; or 'strong': a 5-step binary search), with overrides applied."""

@@ -55,7 +55,8 @@ from smoothadv_tf.numerics import safe_div
 
 SOLVERS = ("auto", "chebyshev", "cg", "dense")
 DENSE_MAX_PIXELS = 4096
-# The relative error ||ŝ - ŝ_exact|| / ||ŝ_exact|| solver="auto" guarantees (float32 itself reaches ~1e-7).
+# The bound solver="auto" holds s_α(z) to: relative 2-norm error per image and channel, for every z (float32
+# itself reaches ~1e-7). ŝ_α = s_α(z) / s_α(1) is a ratio of two such solves: measured within 5x of it.
 AUTO_TOLERANCE = 1e-6
 # A CG column is frozen once ||r||^2 <= RESIDUAL_FLOOR * ||z||^2 (relative residual 1e-7, float32 precision).
 RESIDUAL_FLOOR = 1e-14
@@ -129,6 +130,7 @@ def conjugate_gradient(matvec, b: tf.Tensor, iterations: int, tol: float = 0.0, 
 class CGTrajectory(NamedTuple):
     """What reverse-mode differentiation of K CG steps needs (per image and channel)."""
 
+    # shapes for image-shaped vectors; on rows (see _operator) (B, H, W, C) is (B·C, H·W), (B, 1, 1, C) is (B·C, 1)
     directions: tf.Tensor  # (K, B, H, W, C): p_k
     curvatures: tf.Tensor  # (K, B, 1, 1, C): <p_k, A p_k>
     residuals: tf.Tensor  # (K, B, 1, 1, C): <r_k, r_k>
@@ -208,7 +210,7 @@ def chebyshev(matvec, b: tf.Tensor, alpha: float, iterations: int) -> tf.Tensor:
 
 def chebyshev_iterations(alpha: float, tol: float = AUTO_TOLERANCE) -> int:
     """Chebyshev steps after which s_α(z)'s relative error is at most `tol` for every z: the smallest k with
-    T_k(1/α) >= 1/tol, i.e. k = ⌈acosh(1/tol) / acosh(1/α)⌉ (45 at α = 0.95 and tol = 1e-6, 37 at 1e-5)."""
+    T_k(1/α) >= 1/tol, i.e. k = ⌈acosh(1/tol) / acosh(1/α)⌉ (45 at α = 0.95 and tol = 1e-6, 38 at 1e-5)."""
     if alpha == 0.0:
         return 1
     return max(1, math.ceil(math.acosh(1.0 / tol) / math.acosh(1.0 / alpha)))
@@ -444,7 +446,7 @@ def resolve_solver(shape, alpha: float, applications: int = DEFAULT_APPLICATIONS
     solves per image: the exact dense solve or Chebyshev at :func:`chebyshev_iterations` (error <=
     AUTO_TOLERANCE), whichever :func:`predicted_seconds` says is faster (dense only up to DENSE_MAX_PIXELS)."""
     iterations = chebyshev_iterations(alpha)
-    if alpha == 0.0 or shape[0] is None or shape[1] * shape[2] > DENSE_MAX_PIXELS:
+    if alpha == 0.0 or None in tuple(shape) or shape[1] * shape[2] > DENSE_MAX_PIXELS:
         return "chebyshev", iterations
     groups = 1 if mode == "joint" else int(shape[3])
     costs = {s: predicted_seconds(s, shape, alpha, applications, groups, cost) for s in ("dense", "chebyshev")}
@@ -512,6 +514,10 @@ class SetupCache:
 
 
 SETUP_CACHE = SetupCache()
+# Memory of one dense set-up build: 𝒲 assembled column by column, I - α𝒲 and its factor (n x n each, per image
+# and channel group); smoothing_setup builds that many images at a time that these fit in SETUP_GROUP_BYTES.
+DENSE_BUILD_MATRICES = 4
+SETUP_GROUP_BYTES = 2**30
 
 
 def smoothing_setup(
@@ -529,11 +535,17 @@ def smoothing_setup(
     missing = [i for i, entry in enumerate(found) if entry is None]
     SETUP_CACHE.reused += len(images) - len(missing)
     if missing:
-        built = _build_setup(tf.gather(x_o, missing), alpha, solver, iterations, tol, graph_options)
-        arrays = [t.numpy() for t in built if t is not None]
+        group = len(missing)
+        if solver == "dense":  # its n x n matrices: build a few images at a time, at most SETUP_GROUP_BYTES
+            group = max(1, SETUP_GROUP_BYTES // (DENSE_BUILD_MATRICES * 4 * int(np.prod(images.shape[1:3])) ** 2))
+        parts = [
+            _build_setup(tf.gather(x_o, missing[i : i + group]), alpha, solver, iterations, tol, graph_options)
+            for i in range(0, len(missing), group)
+        ]
+        arrays = [np.concatenate([t.numpy() for t in ts]) for ts in zip(*parts) if ts[0] is not None]
         SETUP_CACHE.computed += len(missing)
         for j, i in enumerate(missing):
-            found[i] = tuple(a[j] for a in arrays)
+            found[i] = tuple(np.array(a[j]) for a in arrays)  # a copy: a view would pin the whole batch
             SETUP_CACHE.put(keys[i], found[i])
     stacked = [tf.constant(np.stack(parts)) for parts in zip(*found)]
     return SmoothingSetup(*stacked)
@@ -622,6 +634,8 @@ class Smoother:
                 self.shape, self.alpha, applications, graph_options.get("mode", "joint")
             )
             tol = 0.0
+        elif solver == "chebyshev" and tol > 0:  # its error bound gives the steps a tolerance needs
+            iterations = min(int(iterations), chebyshev_iterations(self.alpha, tol))
         self.solver = solver
         self.iterations = int(iterations)
         self.gradient = gradient
@@ -629,6 +643,11 @@ class Smoother:
         options = (self.alpha, solver, self.iterations, self.tol)
         if setup is not None:
             setup = SmoothingSetup(*setup)
+            if solver == "dense" and setup.factor is None and self.alpha != 0.0:
+                raise ValueError(
+                    "setup: solver='dense' needs the factor of its set-up (SmoothingSetup.factor); this one was built "
+                    "for another solver"
+                )
         elif tf.executing_eagerly():
             setup = smoothing_setup(self.x_o, *options, **graph_options)
         else:

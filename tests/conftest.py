@@ -108,6 +108,16 @@ def import_tf_slim():
     return tf_slim
 
 
+@pytest.fixture(autouse=True)
+def fresh_setup_cache(monkeypatch):
+    """Every test starts with an empty smoothing set-up cache (smoothing.SETUP_CACHE), so no set-up built by an
+    earlier test is reused unnoticed: what a test compares is computed in it. Only where the module is loaded
+    already (TF-free tests stay TF-free)."""
+    smoothing = sys.modules.get("smoothadv_tf.smoothing")
+    if smoothing is not None:
+        monkeypatch.setattr(smoothing, "SETUP_CACHE", smoothing.SetupCache())
+
+
 @pytest.fixture(scope="session")
 def fashion_test():
     if not os.path.isdir(data.FASHION_MNIST_DIR):

@@ -238,9 +238,14 @@ def test_small_images_get_their_batch_from_the_estimate_with_the_dense_smoothing
     matrix = 4 * (side * side) ** 2
     assert estimate["smoothing"] == devices.DENSE_MATRICES_PER_IMAGE * matrix
     assert estimate["batch_fixed"] == devices.DENSE_MATRICES_PER_BATCH * matrix
-    # "auto" at 48 x 48 is Chebyshev for a single image (the cost model's choice): a few image-sized vectors
-    auto = devices.estimate_bytes_per_image(model, (side, side, 3), {"smooth_pgd2": {"solver": "auto"}})
-    assert auto["smoothing"] == 4 * side * side * 3 * devices.CG_IMPLICIT_IMAGES and auto["batch_fixed"] == 0
+    # "auto" at 48 x 48 is Chebyshev for a single image and sPGD₂'s 10 solves (the cost model's choice): a few
+    # image-sized vectors and the 4 row-coefficient arrays of the 4-neighbourhood
+    spgd = {"smooth_pgd2": {"solver": "auto", "iterations": 10}}
+    auto = devices.estimate_bytes_per_image(model, (side, side, 3), spgd)
+    assert auto["smoothing"] == 4 * side * side * 3 * (devices.CG_IMPLICIT_IMAGES + 4) and auto["batch_fixed"] == 0
+    # at 8 x 8 and sC&W's 200 solves the cost model picks dense, and so does the estimate
+    tiny = devices.estimate_bytes_per_image(model, (8, 8, 3), {"smooth_carlini_wagner_l2": {"solver": "auto"}})
+    assert tiny["smoothing"] == devices.DENSE_MATRICES_PER_IMAGE * 4 * 64**2
     budget = devices.weight_bytes(model) + estimate["batch_fixed"] + 3.5 * estimate["total"]
     assert devices.choose_batch_size(model, (side, side, 3), dense, budget)[0] == 3
 

@@ -149,7 +149,9 @@ def test_alpha_zero_is_identity(fashion_test):
     np.testing.assert_allclose(Smoother(x, alpha=0.0)(z).numpy(), z)
 
 
-@pytest.mark.parametrize("solver, gradient", [("cg", "autodiff"), ("cg", "implicit"), ("chebyshev", "autodiff")])
+@pytest.mark.parametrize(
+    "solver, gradient", [("cg", "autodiff"), ("cg", "implicit"), ("chebyshev", "autodiff"), ("dense", "autodiff")]
+)
 def test_gradient_matches_finite_differences(solver, gradient):
     x = photos(6, 1)
     z0 = np.random.default_rng(5).standard_normal((1, 6, 6, 3))

@@ -24,6 +24,7 @@ from smoothadv_tf.attacks.common import (
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
 from smoothadv_tf.numerics import safe_div
+from smoothadv_tf.presets import smoothing_applications
 from smoothadv_tf.smoothing import Smoother
 
 
@@ -208,7 +209,15 @@ def smooth_pgd2(
         step=step,
         iterations=iterations,
         norm="l2",
-        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), iterations),
+        smoothing=_smoothing_options(
+            alpha,
+            solver,
+            cg_iterations,
+            cg_gradient,
+            graph,
+            np.shape(x),
+            smoothing_applications("smooth_pgd2", {"iterations": iterations}),
+        ),
         target=target,
         early_stop=early_stop,
         quantize_output=quantize,

@@ -539,7 +539,7 @@ def smoothing_setup(
         if solver == "dense":  # its n x n matrices: build a few images at a time, at most SETUP_GROUP_BYTES
             group = max(1, SETUP_GROUP_BYTES // (DENSE_BUILD_MATRICES * 4 * int(np.prod(images.shape[1:3])) ** 2))
         parts = [
-            _build_setup(tf.gather(x_o, missing[i : i + group]), alpha, solver, iterations, tol, graph_options)
+            _build_missing(tf.gather(x_o, missing[i : i + group]), alpha, solver, iterations, tol, graph_options)
             for i in range(0, len(missing), group)
         ]
         arrays = [np.concatenate([t.numpy() for t in ts]) for ts in zip(*parts) if ts[0] is not None]
@@ -549,6 +549,21 @@ def smoothing_setup(
             SETUP_CACHE.put(keys[i], found[i])
     stacked = [tf.constant(np.stack(parts)) for parts in zip(*found)]
     return SmoothingSetup(*stacked)
+
+
+def _build_missing(x_o, alpha, solver, iterations, tol, graph_options) -> SmoothingSetup:
+    """The set-up of concrete guides x_o, for the cache: traced once per batch shape and options for the
+    iterative solvers (built eagerly, the image graph alone is ~40 small ops: 7.4 ms for 64 28x28 images, the
+    whole set-up 13.8 ms, half of what smoothing adds to a 3-step training batch), eagerly for dense (tiny
+    images, few calls)."""
+    if solver == "dense" or alpha == 0.0:
+        return _build_setup(x_o, alpha, solver, iterations, tol, graph_options)
+    return _traced_setup(x_o, float(alpha), solver, int(iterations), float(tol), _graph_key(graph_options))
+
+
+@tf.function
+def _traced_setup(x_o, alpha, solver, iterations, tol, graph_key):
+    return _build_setup(x_o, alpha, solver, iterations, tol, dict(graph_key))
 
 
 def _build_setup(x_o, alpha, solver, iterations, tol, graph_options) -> SmoothingSetup:

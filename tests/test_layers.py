@@ -79,15 +79,15 @@ def test_saved_model_with_both_layers_loads_and_gives_the_same_outputs(images, t
 
 @pytest.fixture
 def graph_builds(monkeypatch):
-    """Counts the image graphs Smoother builds (each one also means a CG solve for s_α(1))."""
+    """Counts the set-ups (image graph and s_α(1), a full solve) built for concrete guides, batch by batch."""
     calls = []
-    original = smoothing.image_graph
+    original = smoothing._build_missing
 
     def counting(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(smoothing, "image_graph", counting)
+    monkeypatch.setattr(smoothing, "_build_missing", counting)
     monkeypatch.setattr(smoothing, "SETUP_CACHE", smoothing.SetupCache())  # no set-up from an earlier test
     return calls
 

@@ -24,14 +24,26 @@ def fresh_cache(monkeypatch):
     cache = smoothing.SetupCache()
     monkeypatch.setattr(smoothing, "SETUP_CACHE", cache)
     builds = []
-    original = smoothing._build_setup
+    original = smoothing._build_missing
 
     def counting(x_o, *args, **kwargs):
         builds.append(int(x_o.shape[0]))
         return original(x_o, *args, **kwargs)
 
-    monkeypatch.setattr(smoothing, "_build_setup", counting)
-    return cache, builds
+    monkeypatch.setattr(smoothing, "_build_missing", counting)
+    # a set-up built inside a traced function (an attack loop that built its own) is recorded in `in_graph`;
+    # the cache's own builds run eagerly here (its traced builder replaced by a plain call)
+    in_graph = []
+    original_build = smoothing._build_setup
+
+    def watching(x_o, *args, **kwargs):
+        if tf.inside_function():
+            in_graph.append(int(x_o.shape[0] or 0))
+        return original_build(x_o, *args, **kwargs)
+
+    monkeypatch.setattr(smoothing, "_build_setup", watching)
+    monkeypatch.setattr(smoothing, "_traced_setup", lambda x_o, a, s, i, t, g: watching(x_o, a, s, i, t, dict(g)))
+    return cache, builds, in_graph
 
 
 @pytest.mark.parametrize("alpha, tol", [(0.95, 1e-6), (0.99, 1e-4)])
@@ -157,7 +169,8 @@ def test_auto_picks_dense_below_the_crossover_and_chebyshev_above():
 def test_setup_is_built_once_per_image_over_an_epsilon_sweep_and_a_binary_search(c4_model, fashion_test, fresh_cache):
     """sPGD₂ over three ε and sC&W with a 3-step binary search, twice, on the same 8 images: the set-up is
     built once per image and options (one batch), never inside an iteration or again on a later call."""
-    cache, builds = fresh_cache
+    cache, builds, in_graph = fresh_cache
+    attacks.clear_compiled_cache()  # the loops are traced here, where an in-graph set-up would show
     x, y = fashion_test.images[:8], fashion_test.labels[:8]
     sweep = [attacks.smooth_pgd2(c4_model, x, y, epsilon=eps, iterations=3, solver="chebyshev") for eps in (1, 2, 3)]
     assert builds == [8] and (cache.computed, cache.reused) == (8, 16)
@@ -171,13 +184,18 @@ def test_setup_is_built_once_per_image_over_an_epsilon_sweep_and_a_binary_search
     x2[3, 5, 5] = 1.0 - x2[3, 5, 5]  # one pixel of one image: that image only is set up again
     attacks.smooth_pgd2(c4_model, x2, y, epsilon=1, iterations=3, solver="chebyshev")
     assert builds == [8, 8, 1] and cache.computed == 17
+    assert in_graph == []  # no traced attack loop built a set-up of its own
 
 
 def test_cached_setup_equals_a_fresh_one_and_the_cache_stays_within_its_bound(monkeypatch):
     """A set-up served from the cache is the one a fresh build gives; the cache holds at most max_bytes,
     dropping the least recently used images first; an image too large for it is simply not kept."""
     x = photos(32, 4)
-    fresh = smoothing._build_setup(tf.constant(x), 0.95, "chebyshev", 40, 0.0, {})
+    fresh = smoothing._build_missing(tf.constant(x), 0.95, "chebyshev", 40, 0.0, {})  # the cache's own builder
+    eager = smoothing._build_setup(tf.constant(x), 0.95, "chebyshev", 40, 0.0, {})  # and the in-graph one
+    for a, b in zip(fresh, eager):
+        if b is not None:
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
     per_image = sum(t[0].numpy().nbytes for t in fresh if t is not None)
     cache = smoothing.SetupCache(max_bytes=int(2.5 * per_image))
     monkeypatch.setattr(smoothing, "SETUP_CACHE", cache)

@@ -275,10 +275,11 @@ def test_smooth_attacks_default_to_a_solver_that_fits_the_image_size(c4_model):
     y = np.argmax(model(x).numpy(), -1)
     r = attacks.smooth_carlini_wagner_l2(model, x, y, binary_search_steps=1, iterations=2, cg_iterations=3)
     assert np.isfinite(r.adversarial).all() and r.iterations[0] == 2
+    scw = "smooth_carlini_wagner_l2"  # 200 solves per image at one binary-search step of 100 iterations
     for shape in ((1, 299, 299, 3), (100, 28, 28, 1)):
-        options = attacks._smoothing_options(0.9, "auto", 5, "autodiff", None, shape, 200)
+        options = attacks._smoothing_options(scw, shape, 0.9, "auto", 5, "autodiff", None, iterations=100)
         assert (options["solver"], options["iterations"]) == ("chebyshev", chebyshev_iterations(0.9)), shape
-    assert attacks._smoothing_options(0.9, "auto", 5, "autodiff", None, (100, 8, 8, 1), 200)["solver"] == "dense"
+    assert attacks._smoothing_options(scw, (100, 8, 8, 3), 0.9, "auto", 5, "autodiff", None)["solver"] == "dense"
 
 
 def test_compiled_cache_frees_models_and_pads_batches(fashion_test):

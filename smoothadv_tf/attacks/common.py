@@ -34,8 +34,8 @@ import tensorflow as tf
 
 from smoothadv_tf.graph import check_graph_options, image_graph
 from smoothadv_tf.numerics import l2_norm  # the distortion measure; attacks.l2_norm, as before
-from smoothadv_tf.presets import OPTIONS, check_params
-from smoothadv_tf.smoothing import resolve_solver, smoothing_setup
+from smoothadv_tf.presets import OPTIONS, check_params, smoothing_applications
+from smoothadv_tf.smoothing import DEFAULT_APPLICATIONS, resolve_solver, smoothing_setup
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -411,14 +411,16 @@ def _run_attack_loop(
     return _finish(model, x, y, target, x_adv, used.numpy(), originally_correct, quantize_output)
 
 
-def _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, image_shape, applications: int) -> dict:
-    """Smoother options of the smooth attacks. ``solver="auto"`` is resolved here, for the batch's image
-    shape and the attack's `applications` (solves of ŝ_α per image, a backward pass counting one), by
+def _smoothing_options(attack, image_shape, alpha, solver, cg_iterations, cg_gradient, graph, **budget) -> dict:
+    """Smoother options of smooth attack `attack`. ``solver="auto"`` is resolved here, for the batch's image
+    shape and the solves of ŝ_α per image the attack makes with its `budget` (iterations, binary-search steps:
+    :func:`smoothadv_tf.presets.smoothing_applications`; DEFAULT_APPLICATIONS for attack None), by
     :func:`smoothadv_tf.smoothing.resolve_solver`: the exact ŝ_α (to AUTO_TOLERANCE) by the dense
     factorisation or Chebyshev iteration, whichever its measured cost model predicts faster."""
     _check_graph(graph)
     if solver == "auto":
         mode = (graph or {}).get("mode", "joint")
+        applications = DEFAULT_APPLICATIONS if attack is None else smoothing_applications(attack, budget)
         solver, cg_iterations = resolve_solver(tuple(image_shape), alpha, applications, mode)
     return {
         "alpha": alpha,

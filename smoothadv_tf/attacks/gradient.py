@@ -24,7 +24,6 @@ from smoothadv_tf.attacks.common import (
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
 from smoothadv_tf.numerics import safe_div
-from smoothadv_tf.presets import smoothing_applications
 from smoothadv_tf.smoothing import Smoother
 
 
@@ -210,13 +209,7 @@ def smooth_pgd2(
         iterations=iterations,
         norm="l2",
         smoothing=_smoothing_options(
-            alpha,
-            solver,
-            cg_iterations,
-            cg_gradient,
-            graph,
-            np.shape(x),
-            smoothing_applications("smooth_pgd2", {"iterations": iterations}),
+            "smooth_pgd2", np.shape(x), alpha, solver, cg_iterations, cg_gradient, graph, iterations=iterations
         ),
         target=target,
         early_stop=early_stop,

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import _per_image, _smoothing_options
 from smoothadv_tf.numerics import safe_div, safe_norm
-from smoothadv_tf.smoothing import DEFAULT_APPLICATIONS, Smoother
+from smoothadv_tf.smoothing import Smoother
 
 
 class SmoothLatent:
@@ -52,7 +52,7 @@ class SmoothLatent:
         graph: dict | None = None,
     ):
         shape = x_o.shape if tf.is_tensor(x_o) else np.shape(x_o)
-        options = _smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, shape, DEFAULT_APPLICATIONS)
+        options = _smoothing_options(None, shape, alpha, solver, cg_iterations, cg_gradient, graph)
         self._use(Smoother(x_o, **options))
 
     @classmethod

@@ -49,7 +49,7 @@ from smoothadv_tf.attacks.common import (
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
 from smoothadv_tf.numerics import safe_div, safe_norm
-from smoothadv_tf.presets import DIRECTIONS, smoothing_applications
+from smoothadv_tf.presets import DIRECTIONS
 from smoothadv_tf.smoothing import Smoother
 
 RULES = ("ddn", "fmn", "pgd")
@@ -224,8 +224,7 @@ def smooth_ddn(
     z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`, eq. 19) or ∇ₓℓ (`"image"`; see the module docstring)."""
     return _rescaling_attack(
         model, x, y, rule="ddn", iterations=iterations, epsilon=init_epsilon, max_step=1.0, min_step=0.01,
-        gamma=gamma, smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), smoothing_applications("smooth_ddn", {"iterations": iterations})
-        ),
+        gamma=gamma, smoothing=_smoothing_options("smooth_ddn", np.shape(x), alpha, solver, cg_iterations, cg_gradient, graph, iterations=iterations),
         direction=direction, target=target, quantize_output=quantize,
     )  # fmt: skip
 
@@ -284,8 +283,7 @@ def smooth_fmn(
     z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`, eq. 19) or ∇ₓℓ (`"image"`; see the module docstring)."""
     return _rescaling_attack(
         model, x, y, rule="fmn", iterations=iterations, epsilon=1.0, max_step=max_step, min_step=min_step,
-        gamma=gamma, smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), smoothing_applications("smooth_fmn", {"iterations": iterations})
-        ),
+        gamma=gamma, smoothing=_smoothing_options("smooth_fmn", np.shape(x), alpha, solver, cg_iterations, cg_gradient, graph, iterations=iterations),
         direction=direction, target=target, quantize_output=quantize,
     )  # fmt: skip
 
@@ -313,7 +311,6 @@ def smooth_pgd2_latent(
     adversarial iterate, as PGD₂; z steps along ŝ_αᵀ∇ₓℓ (`direction="latent"`) or ∇ₓℓ (`"image"`)."""
     return _rescaling_attack(
         model, x, y, rule="pgd", iterations=iterations, epsilon=epsilon, max_step=step, min_step=step,
-        smoothing=_smoothing_options(alpha, solver, cg_iterations, cg_gradient, graph, np.shape(x), smoothing_applications("smooth_pgd2_latent", {"iterations": iterations})
-        ),
+        smoothing=_smoothing_options("smooth_pgd2_latent", np.shape(x), alpha, solver, cg_iterations, cg_gradient, graph, iterations=iterations),
         direction=direction, target=target, quantize_output=quantize,
     )  # fmt: skip

@@ -29,13 +29,7 @@ from smoothadv_tf.attacks.common import (
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
 from smoothadv_tf.numerics import safe_norm
-from smoothadv_tf.presets import (
-    BEST_ITERATE_RULES,
-    DEFAULT_PROTOCOL,
-    DISTORTION_PENALTIES,
-    PROTOCOLS,
-    smoothing_applications,
-)
+from smoothadv_tf.presets import BEST_ITERATE_RULES, DEFAULT_PROTOCOL, DISTORTION_PENALTIES, PROTOCOLS
 from smoothadv_tf.smoothing import Smoother
 
 LARGE = 1e10  # C&W's "no upper bound yet" for c
@@ -314,15 +308,15 @@ def smooth_carlini_wagner_l2(
         x,
         y,
         smoothing=_smoothing_options(
+            "smooth_carlini_wagner_l2",
+            np.shape(x),
             alpha,
             solver,
             cg_iterations,
             cg_gradient,
             graph,
-            np.shape(x),
-            smoothing_applications(
-                "smooth_carlini_wagner_l2", {"binary_search_steps": binary_search_steps, "iterations": iterations}
-            ),
+            binary_search_steps=binary_search_steps,
+            iterations=iterations,
         ),
         margin=margin,
         learning_rate=learning_rate,

@@ -43,6 +43,9 @@ flags.DEFINE_boolean(
     "crossover", False, "instead: solver='auto''s cost model against measured dense / Chebyshev times over image sizes"
 )
 flags.DEFINE_list("crossover_sizes", ["6", "8", "10", "12", "16", "20", "28"], "image sides for --crossover")
+flags.register_validator(
+    "crossover_sizes", lambda v: bool(v) and all(s.isdigit() and int(s) >= 2 for s in v), "must be integers >= 2"
+)
 flags.DEFINE_integer("crossover_batch", 20, "images per batch for --crossover", lower_bound=1)
 flags.DEFINE_integer("applications", 20, "solves per image after the set-up, for --crossover", lower_bound=0)
 

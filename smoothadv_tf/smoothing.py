@@ -282,9 +282,11 @@ def _matvec(coeffs: tf.Tensor, structure: tuple, alpha: float, laplacian: bool =
     """v -> L_α v (or, with ``laplacian=False``, (I - α𝒲) v), 𝒲 given by :func:`_operator` (v as rows, or
     image-shaped for a "stencil" structure)."""
     kind, layout = structure
-    scale = 1.0 / (1.0 - alpha) if laplacian else 1.0
+    if kind == "stencil" and laplacian:
+        return lambda v: apply_laplacian(coeffs, layout, alpha, v)
     if kind == "stencil":
-        return lambda v: (v - alpha * stencil_apply(coeffs, layout, v)) * scale
+        return lambda v: v - alpha * stencil_apply(coeffs, layout, v)
+    scale = 1.0 / (1.0 - alpha) if laplacian else 1.0
 
     def matvec(v):
         smoothed = coeffs[0] * _shift_row(v, layout[0])
@@ -527,6 +529,13 @@ def smoothing_setup(
     the same image (same bytes) was set up with the same options before, the others built in one batch and
     cached. Needs x_o's value (eager); inside a traced function, use ``Smoother``, which builds it in the graph.
     `solver` is "cg", "chebyshev" or "dense" (resolve "auto" first: :func:`resolve_solver`)."""
+    arrays = setup_arrays(x_o, alpha, solver, iterations, tol, **graph_options)
+    return SmoothingSetup(*[tf.constant(a) for a in arrays])
+
+
+def setup_arrays(x_o, alpha: float, solver: str, iterations: int, tol: float = 0.0, **graph_options) -> tuple:
+    """:func:`smoothing_setup` as NumPy arrays (the fields that are not None, in order), for a caller that
+    hands them on per image (the attacks pad and split them with their batch)."""
     x_o = check_guide(x_o)
     images = x_o.numpy()
     options = (float(alpha), solver, int(iterations), float(tol), _graph_key(graph_options))
@@ -547,8 +556,7 @@ def smoothing_setup(
         for j, i in enumerate(missing):
             found[i] = tuple(np.array(a[j]) for a in arrays)  # a copy: a view would pin the whole batch
             SETUP_CACHE.put(keys[i], found[i])
-    stacked = [tf.constant(np.stack(parts)) for parts in zip(*found)]
-    return SmoothingSetup(*stacked)
+    return tuple(np.stack(parts) for parts in zip(*found))
 
 
 def _build_missing(x_o, alpha, solver, iterations, tol, graph_options) -> SmoothingSetup:

@@ -35,7 +35,7 @@ import tensorflow as tf
 from smoothadv_tf.graph import check_graph_options, image_graph
 from smoothadv_tf.numerics import l2_norm  # the distortion measure; attacks.l2_norm, as before
 from smoothadv_tf.presets import OPTIONS, check_params, smoothing_applications
-from smoothadv_tf.smoothing import DEFAULT_APPLICATIONS, resolve_solver, smoothing_setup
+from smoothadv_tf.smoothing import DEFAULT_APPLICATIONS, resolve_solver, setup_arrays
 
 
 # ----------------------------------------------------------------------------------------------- results
@@ -406,7 +406,7 @@ def _run_attack_loop(
     setup = ()
     if smoothing:
         options = {k: v for k, v in smoothing.items() if k != "gradient"}
-        setup = tuple(t.numpy() for t in smoothing_setup(x, **options) if t is not None)
+        setup = setup_arrays(x, **options)
     x_adv, used = _run_padded(traced, [x, goal, originally_correct], *scalars, setup=setup)
     return _finish(model, x, y, target, x_adv, used.numpy(), originally_correct, quantize_output)
 

@@ -15,6 +15,8 @@ experiment (:func:`attack_runs`: one per target ε for the distortion-targeting 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
 import types
@@ -96,10 +98,47 @@ def output_path(output_dir: str, experiment: str, dataset: str, model: str, prot
     return os.path.join(output_dir, experiment, f"{dataset}-{model_tag(model)}", protocol)
 
 
-def c4_cache_path(name: str, dataset: str, seed: int, epochs: int = DEFAULT_C4_EPOCHS) -> str:
-    """Where a C4 trained here is cached: one file per dataset, training mode (c4 / c4_adv), seed and epochs."""
+def c4_cache_path(
+    name: str, dataset: str, seed: int, epochs: int = DEFAULT_C4_EPOCHS, train_attack: str | None = None,
+    train_params: Mapping | None = None,
+) -> str:  # fmt: skip
+    """Where a C4 trained here is cached: one file per dataset, training mode (c4 / c4_adv), training attack and
+    budget, seed and epochs. The paper's step l.l at its preset keeps the plain ``c4_adv`` name; another
+    training attack adds its name, a budget other than its preset a hash of it."""
     suffix = "" if epochs == DEFAULT_C4_EPOCHS else f"_epochs{epochs}"
+    if name == "c4_adv":
+        attack = train_attack or DEFAULT_TRAIN_ATTACK
+        preset = presets.TRAINING_PRESETS[presets.training_dataset(dataset)][attack]
+        params = {**preset, **(train_params or {})}
+        if attack != DEFAULT_TRAIN_ATTACK:
+            name += f"_{attack}"
+        if params != preset:
+            digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+            name += f"_{digest}"
     return os.path.join(MODELS_DIR, f"{name}_{dataset}_seed{seed}{suffix}.keras")
+
+
+DEFAULT_TRAIN_ATTACK = "step_ll"  # the paper's adversarially trained models (§5.3)
+
+
+def parse_train_params(items: Sequence[str], attack: str) -> dict:
+    """``["epsilon=2", "iterations=7"]`` -> typed overrides of training attack `attack`'s budget (each value
+    typed as its preset's); ConfigError for an item that is not key=value or an option `attack` does not take."""
+    preset = presets.TRAINING_PRESETS["fashion_mnist"][attack]
+    types_ = {**{k: type(v) for k, v in preset.items()}, "alpha": float, "solver": str, "cg_iterations": int}
+    types_["cg_gradient"] = str
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--train_params: {item!r} is not key=value")
+        if key not in types_ or (key in ("alpha", "solver", "cg_iterations", "cg_gradient") and key not in preset):
+            raise ConfigError(f"--train_params: {key}: --train_attack={attack} takes no such option ({sorted(preset)})")
+        try:
+            out[key] = _parse_param(key, text, types_[key])
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("--attack_params", "--train_params")) from None
+    return out
 
 
 def check_c4_file(flag: str, path: str | None, model: str) -> None:
@@ -247,6 +286,8 @@ class RunConfig:
     c4_epochs: int = DEFAULT_C4_EPOCHS
     devices: tuple[str, ...] = ()
     attack_params: Mapping = dataclasses.field(default_factory=dict)
+    train_attack: str | None = None
+    train_params: Mapping = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         # frozen: normalised once, here (lists or one name for the tuples; a read-only copy of the overrides,
@@ -255,6 +296,7 @@ class RunConfig:
         devices = [self.devices] if isinstance(self.devices, str) else self.devices
         object.__setattr__(self, "devices", tuple(devices))
         object.__setattr__(self, "attack_params", types.MappingProxyType(dict(self.attack_params)))
+        object.__setattr__(self, "train_params", types.MappingProxyType(dict(self.train_params)))
         self._check_values()
         self._check_combinations()
 
@@ -299,6 +341,7 @@ class RunConfig:
             )
         if self.dataset in ("nips17", "folder") and self.data_dir is None:
             raise ConfigError(f"--dataset={self.dataset} needs --data_dir")
+        self._check_training()
         check_writable("--output_dir", self.output_dir)
         check_c4_file("--checkpoint", self.checkpoint, self.model)
         kind, _, name = self.model.partition(":")
@@ -312,7 +355,33 @@ class RunConfig:
         if self.data_dir is not None and not os.path.isdir(self.data_dir):  # the files in it: when it is read
             raise ConfigError(f"--data_dir={self.data_dir}: no such directory")
 
+    def _check_training(self) -> None:
+        """--train_attack / --train_params: only for the adversarially trained C4 trained here, a known attack
+        and a budget in its domain (presets.training_params)."""
+        if self.train_attack is None and not self.train_params:
+            return
+        given = "--train_attack" if self.train_attack is not None else "--train_params"
+        if self.model != "c4_adv" or self.checkpoint:
+            raise ConfigError(
+                f"{given}: only for --model=c4_adv trained here (no --checkpoint); the model is {self.model}"
+                + (f" from {self.checkpoint}" if self.checkpoint else "")
+            )
+        attack = self.train_attack or DEFAULT_TRAIN_ATTACK
+        try:
+            presets.training_params(attack, self.dataset, **self.train_params)
+        except ValueError as e:
+            flag = "--train_attack" if str(e).startswith("train_attack=" + repr(attack)) else "--train_params"
+            raise ConfigError(f"{flag}: {e}") from None
+
     # ------------------------------------------------------------------------------------ derived values
+    @property
+    def training(self) -> dict | None:
+        """How the attacked C4 is trained here (attack and full budget), for c4_adv without a checkpoint."""
+        if self.model != "c4_adv" or self.checkpoint:
+            return None
+        attack = self.train_attack or DEFAULT_TRAIN_ATTACK
+        return {"attack": attack, "params": presets.training_params(attack, self.dataset, **self.train_params)}
+
     @property
     def preset_name(self) -> str:
         """--preset, else the dataset's (:func:`default_preset`)."""

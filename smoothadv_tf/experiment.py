@@ -119,6 +119,19 @@ def define_common_flags(default_attacks=presets.PAPER_ATTACKS, default_num_image
         "training epochs of a C4 trained here (part of its cache name)",
         lower_bound=1,
     )
+    flags.DEFINE_enum(
+        "train_attack",
+        None,
+        list(presets.TRAIN_ATTACKS),
+        "--model=c4_adv trained here: the training attack (default step_ll, the paper's; its cache name and the "
+        "run identity hold it)",
+    )
+    flags.DEFINE_list(
+        "train_params",
+        [],
+        "--model=c4_adv trained here: its training budget over the dataset's preset as key=value, e.g. "
+        "epsilon=2,iterations=7,fraction=0.5,weight=1 (presets.TRAINING_PRESETS)",
+    )
     flags.DEFINE_list(
         "devices",
         [],
@@ -160,6 +173,10 @@ def config_from_flags() -> RunConfig:
         c4_epochs=FLAGS.c4_epochs,
         devices=tuple(FLAGS.devices),
         attack_params=config_lib.parse_attack_params(FLAGS.attack_params, FLAGS.attacks),
+        train_attack=FLAGS.train_attack,
+        train_params=config_lib.parse_train_params(
+            FLAGS.train_params, FLAGS.train_attack or config_lib.DEFAULT_TRAIN_ATTACK
+        ),
     )
 
 

@@ -363,6 +363,7 @@ def run_identity(
         "preset": config.preset_name,
         "protocol": config.protocol,
         "single_run": bool(single_run),
+        "training": config.training,  # how a C4 trained here was trained (c4_adv), else None
         "judges": dict(judges or {}),
         "attacks": {a: config.attack_runs(a, single_run, defaults) for a in config.attacks},
     }

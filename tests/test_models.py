@@ -23,8 +23,8 @@ def test_c4_structure():
 @pytest.mark.slow
 def test_adversarial_training_resists_fgsm(c4_model, fashion_test):
     train = load_fashion_mnist("train")
-    # one epoch on a third of the split is enough to show the effect (measured: P_suc 0.55 against 0.83)
-    robust = train_c4(train.images[:20000], train.labels[:20000], epochs=1, seed=0, adversarial_training=True)
+    # one epoch on a third of the split is enough to show the effect (measured: P_suc 0.56 against 0.82)
+    robust = train_c4(train.images[:20000], train.labels[:20000], epochs=1, seed=0, train_attack="step_ll")
     x, y = fashion_test.images[:300], fashion_test.labels[:300]
     clean = attacks.fgsm(c4_model, x, y, epsilon=0.1)
     adv = attacks.fgsm(robust, x, y, epsilon=0.1)

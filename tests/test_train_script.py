@@ -45,6 +45,11 @@ def from_script(expression: str, *args: str) -> str:
         ([], ("c4", "fashion_mnist", 0, 6)),
         (["--epochs=1"], ("c4", "fashion_mnist", 0, 1)),
         (["--adversarial_training", "--seed=3", "--epochs=2", "--dataset=mnist"], ("c4_adv", "mnist", 3, 2)),
+        (["--adversarial_training", "--train_attack=smooth_pgd2"], ("c4_adv", "fashion_mnist", 0, 6, "smooth_pgd2")),
+        (
+            ["--adversarial_training", "--train_attack=pgd2", "--train_params=epsilon=2,iterations=7"],
+            ("c4_adv", "fashion_mnist", 0, 6, "pgd2", {"epsilon": 2.0, "iterations": 7}),
+        ),
     ],
 )
 def test_default_output_is_the_cache_the_experiments_load(args, cache):
@@ -52,6 +57,21 @@ def test_default_output_is_the_cache_the_experiments_load(args, cache):
     assert path == experiment.c4_cache_path(*cache)
     if cache[3] != 6:  # one epoch never lands on the standard 6-epoch model
         assert path != experiment.c4_cache_path(*cache[:3], 6)
+    if len(cache) > 4:  # another training attack or budget never lands on the paper's step l.l model
+        assert path != experiment.c4_cache_path(*cache[:4]) and cache[4] in os.path.basename(path)
+        assert path != experiment.c4_cache_path(*cache[:5], {"epsilon": 2.5}) != experiment.c4_cache_path(*cache[:5])
+
+
+def test_the_experiments_take_the_training_attack_into_cache_and_identity():
+    """--train_attack / --train_params of the experiment scripts: the same cache name as train_mnist.py's, and
+    the training in the run identity (RunConfig.training)."""
+    from smoothadv_tf.config import RunConfig
+
+    config = RunConfig(model="c4_adv", train_attack="smooth_pgd2", train_params={"iterations": 3})
+    assert config.training["attack"] == "smooth_pgd2" and config.training["params"]["iterations"] == 3
+    assert config.training["params"]["epsilon"] == 1.5  # the rest from the Fashion-MNIST preset
+    assert RunConfig(model="c4_adv").training["attack"] == "step_ll"
+    assert RunConfig(model="c4").training is None
 
 
 def test_cache_hyperparameters_are_train_c4s_defaults():
@@ -61,7 +81,7 @@ def test_cache_hyperparameters_are_train_c4s_defaults():
 
     cache = ast.literal_eval(from_script("script.CACHE_HYPERPARAMETERS"))
     defaults = {k: p.default for k, p in inspect.signature(train_c4).parameters.items()}
-    assert cache == {k: defaults[k] for k in cache} and len(cache) == 4
+    assert cache == {k: defaults[k] for k in cache} and len(cache) == 2
 
 
 def run(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -80,10 +100,24 @@ def refused(done: subprocess.CompletedProcess, *fragments: str) -> None:
         (["--learning_rate=0.01"], ["--learning_rate=0.01 (the cache's: 0.001)", "pass --output"]),
         (["--batch_size=64"], ["--batch_size=64 (the cache's: 128)", "c4_mnist_seed0.keras"]),
         (
-            ["--adversarial_training", "--adversarial_epsilon=0.1", "--epochs=2"],
-            ["--adversarial_epsilon=0.1 (the cache's: 0.3)", "c4_adv_mnist_seed0_epochs2.keras"],
+            ["--adversarial_training", "--learning_rate=0.01", "--epochs=2"],
+            ["--learning_rate=0.01 (the cache's: 0.001)", "c4_adv_mnist_seed0_epochs2.keras"],
         ),
-        (["--adversarial_fraction=0.25"], ["--adversarial_fraction: only used with --adversarial_training"]),
+        (["--train_params=fraction=0.25"], ["--train_params: only used with --adversarial_training"]),
+        (["--train_attack=pgd2"], ["--train_attack: only used with --adversarial_training"]),
+        (["--adversarial_training", "--train_attack=pgd"], ["flag --train_attack=pgd"]),
+        (
+            ["--adversarial_training", "--train_params=epsilon=0"],
+            ["--train_params: train_attack=step_ll: epsilon=0.0: must be positive"],
+        ),
+        (
+            ["--adversarial_training", "--train_params=iterations=3"],
+            ["--train_params: iterations: --train_attack=step_ll takes no such option"],
+        ),
+        (
+            ["--adversarial_training", "--train_attack=pgd2", "--train_params=epsilon=big"],
+            ["--train_params: epsilon=big: expected a number"],
+        ),
         (["--output=OUT/c4.h5"], ["--output=OUT/c4.h5: must end in .keras"]),
         (["--seed=-1"], ["flag --seed=-1"]),
     ],

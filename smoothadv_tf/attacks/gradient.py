@@ -41,15 +41,29 @@ def _gradient_attack(
     early_stop=True,
     quantize_output=True,
 ) -> AttackResult:
-    """Eq. (10)-(12): x ← c(x - n(g)) with g the loss gradient, optionally smoothed (sPGD₂), n the sign
-    (L∞) or the L2 normalisation times `step`, and c the projection on the ε-ball around x_o and on [0,1].
-    Each image stops once it is adversarial (judged on the quantised image) when `early_stop`.
+    """Eq. (10)-(12) on a batch (:func:`gradient_loop`), judged and reported (:class:`AttackResult`)."""
+    key, build = gradient_loop(
+        norm=norm,
+        iterations=iterations,
+        smoothing=smoothing,
+        targeted=target is not None,
+        early_stop=early_stop,
+        quantize_output=quantize_output,
+    )
+    return _run_attack_loop(model, x, y, target, quantize_output, key, build, epsilon, step, smoothing=smoothing)
+
+
+def gradient_loop(*, norm, iterations, smoothing=None, targeted=False, early_stop=True, quantize_output=True):
+    """The loop of eq. (10)-(12) as ``(key, build)`` (see :func:`~smoothadv_tf.attacks.common._run_attack_loop`;
+    adversarial training calls ``build`` itself, inside its train step): x ← c(x - n(g)) with g the loss
+    gradient, optionally smoothed (sPGD₂), n the sign (L∞) or the L2 normalisation times `step`, and c the
+    projection on the ε-ball around x_o and on [0,1]. Each image stops once it is adversarial (judged on the
+    quantised image) when `early_stop`. Scalars at run time: ε, step.
 
     The loss is eq. (3) without its positive part and without a margin: these attacks take no margin m (the
     paper sets one for C&W only, §5.2). While the image is classified correctly, (3)'s gradient does not
     depend on m, and each image stops at misclassification (or after its one FGSM step), so m could change
     nothing; its positive part would only zero the gradient of an image already adversarial."""
-    targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     key = (
         "gradient",
@@ -103,7 +117,7 @@ def _gradient_attack(
 
         return run
 
-    return _run_attack_loop(model, x, y, target, quantize_output, key, build, epsilon, step, smoothing=smoothing)
+    return key, build
 
 
 @checked_attack("fgsm")

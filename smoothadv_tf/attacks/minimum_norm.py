@@ -76,12 +76,30 @@ def _rescaling_attack(
     PGD). ``"ddn"`` / ``"fmn"`` run `iterations` steps and keep their least-distortion adversarial iterate
     (none: x_o is returned, the attack failed), as foolbox does; ``"pgd"`` stops each image at its first
     adversarial iterate, judging the image after each of its `iterations` steps (as :func:`pgd2`). The loss
-    is eq. (3) without margin, as PGD₂'s (:func:`~smoothadv_tf.attacks.gradient._gradient_attack` says why)."""
+    is eq. (3) without margin, as PGD₂'s (:func:`~smoothadv_tf.attacks.gradient.gradient_loop` says why)."""
+    key, build = rescaling_loop(
+        rule=rule,
+        iterations=iterations,
+        gamma=gamma,
+        smoothing=smoothing,
+        direction=direction,
+        targeted=target is not None,
+        quantize_output=quantize_output,
+    )
+    return _run_attack_loop(
+        model, x, y, target, quantize_output, key, build, epsilon, max_step, min_step, smoothing=smoothing
+    )
+
+
+def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="latent", targeted=False,
+                   quantize_output=True):  # fmt: skip
+    """The loop of :func:`_rescaling_attack` as ``(key, build)`` (see
+    :func:`~smoothadv_tf.attacks.common._run_attack_loop`; adversarial training calls ``build`` itself).
+    Scalars at run time: ε, the first and the last step size."""
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: expected one of {RULES}")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r}: expected one of {list(DIRECTIONS)}")
-    targeted = target is not None
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     on_image = smoothing is None or direction == "image"  # the variable steps along the image gradient
     key = ("rescaling", rule, smooth_key, targeted, bool(quantize_output), int(iterations), gamma)
@@ -176,9 +194,7 @@ def _rescaling_attack(
 
         return run
 
-    return _run_attack_loop(
-        model, x, y, target, quantize_output, key, build, epsilon, max_step, min_step, smoothing=smoothing
-    )
+    return key, build
 
 
 @checked_attack("ddn")

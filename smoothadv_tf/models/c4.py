@@ -4,15 +4,18 @@ Conv 64 (8x8, stride 2, same) -> ReLU -> Conv 128 (6x6, stride 2, valid) -> ReLU
 valid) -> ReLU -> Dense 10 (logits). Input: [0, 1] images, 28x28x1. (The padding follows the cleverhans
 basic CNN the paper's C4 comes from; on 28x28 it ends in a 1x1x128 map.)
 
-Adversarial training follows Kurakin et al. 2016 ("step l.l", the paper's adversarially trained models): each
-batch has half its examples replaced by one-step least-likely-class examples
-x_adv = clip(x - ε sign(∇_x CE(f(x), y_ll))), y_ll = argmin f(x), with ε drawn per example uniformly in
-[0, ε_max]; the loss is (CE_clean + λ CE_adv) / (m - k + λ k) with k/m = `adversarial_fraction` and λ = 0.3.
+Adversarial training (:func:`train_c4` with a `train_attack`) runs :class:`smoothadv_tf.training.AdversarialTraining`:
+by default Kurakin et al. 2016's step l.l, the paper's adversarially trained models (§5.3, Table 2), or any
+other training attack of :data:`smoothadv_tf.training.TRAIN_ATTACKS`, smooth ones included.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import sys
 import time
 
 import keras
@@ -50,85 +53,147 @@ def train_c4(
     batch_size: int = 128,
     learning_rate: float = 1e-3,
     seed: int = 0,
-    adversarial_training: bool = False,
-    adversarial_epsilon: float = 0.3,
-    adversarial_fraction: float = 0.5,
-    adversarial_weight: float = 0.3,
+    train_attack: str | None = None,
+    train_params: dict | None = None,
+    *,
+    dataset: str = "fashion_mnist",
+    resume_dir: str | None = None,
+    strategy=None,
 ) -> keras.Model:
-    """Train C4 with Adam on (images in [0,1], int labels); optionally step-l.l adversarial training.
-    Batches are whole (the last partial one of an epoch is left out), so `batch_size` may not exceed the images."""
+    """Train C4 with Adam on (images in [0,1], int labels), clean or adversarially with `train_attack` (one of
+    :data:`smoothadv_tf.training.TRAIN_ATTACKS`; its budget the `dataset`'s preset with `train_params` over it)
+    through :class:`smoothadv_tf.training.AdversarialTraining` and ``keras.Model.fit``.
+
+    Batches are whole (the last partial one of an epoch is left out), so `batch_size` may not exceed the
+    images. The batches are those of the hand-written loop this replaced (a NumPy permutation per epoch drawn
+    from ``default_rng(seed)``), and the weights start from ``keras.utils.set_random_seed(seed)``: clean
+    training gives that loop's model. With `resume_dir`, the weights and optimizer state are saved there after
+    every epoch and a killed run resumes from its last finished epoch (same batches, same random draws);
+    `strategy` (e.g. MirroredStrategy) splits each batch over its devices."""
+    from smoothadv_tf.training import AdversarialTraining, training_params
+
     if not 1 <= batch_size <= len(train_images):
         raise ValueError(f"batch_size={batch_size}: need 1..{len(train_images)} (the training images)")
+    if train_attack is None and train_params:
+        raise ValueError(f"train_params={train_params!r}: only used with a train_attack")
+    if train_attack is not None:
+        training_params(train_attack, dataset, **(train_params or {}))  # refused before anything is built
     keras.utils.set_random_seed(seed)
-    model = c4(int(train_labels.max()) + 1, train_images.shape[1:])
-    optimizer = keras.optimizers.Adam(learning_rate)
-    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
-    gen = tf.random.Generator.from_seed(seed)
-
-    @tf.function  # no XLA: its CPU convolutions are ~10x slower than oneDNN's here
-    def step(x, y):
-        if adversarial_training:
-            k = int(round(adversarial_fraction * batch_size))
-            x_adv = x[:k]
-            with tf.GradientTape() as tape:
-                tape.watch(x_adv)
-                logits = model(x_adv, training=False)
-                least_likely = tf.argmin(logits, -1)
-                loss_ll = tf.reduce_sum(ce(least_likely, logits))
-            eps = gen.uniform((tf.shape(x_adv)[0], 1, 1, 1), 0.0, adversarial_epsilon)
-            x_adv = tf.clip_by_value(x_adv - eps * tf.sign(tape.gradient(loss_ll, x_adv)), 0.0, 1.0)
-            x_in = tf.concat([x_adv, x[k:]], 0)
-        with tf.GradientTape() as tape:
-            per_example = ce(y, model(x if not adversarial_training else x_in, training=True))
-            if adversarial_training:
-                n_adv = tf.cast(tf.shape(x_adv)[0], tf.float32)
-                n = tf.cast(tf.shape(x)[0], tf.float32)
-                weights = tf.concat(
-                    [
-                        tf.fill([tf.shape(x_adv)[0]], adversarial_weight),
-                        tf.ones([tf.shape(x)[0] - tf.shape(x_adv)[0]]),
-                    ],
-                    0,
-                )
-                loss = tf.reduce_sum(weights * per_example) / (n - n_adv + adversarial_weight * n_adv)
-            else:
-                loss = tf.reduce_mean(per_example)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = c4(int(train_labels.max()) + 1, train_images.shape[1:])
+        trainer = model  # clean: Keras's own train step
+        if train_attack is not None:
+            trainer = AdversarialTraining(model, train_attack, dataset=dataset, seed=seed, **(train_params or {}))
+        trainer.compile(
+            keras.optimizers.Adam(learning_rate),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=False,  # XLA's CPU convolutions are ~10x slower than oneDNN's here
+        )
     rng = np.random.default_rng(seed)
-    n = len(train_images) - len(train_images) % batch_size  # fixed batch shape: one XLA compile
-    for epoch in range(epochs):
-        start, order, losses = time.time(), rng.permutation(len(train_images))[:n], []
-        progbar = keras.utils.Progbar(n // batch_size, verbose=1 if logging.level_info() else 0)
-        for b in range(n // batch_size):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            losses.append(float(step(train_images[idx], train_labels[idx])))
-            if b % 50 == 0:
-                progbar.update(b, [("loss", losses[-1])])
-        progbar.update(n // batch_size, [("loss", float(np.mean(losses)))], finalize=True)
-        logging.info("epoch %d/%d: loss %.4f (%.0fs)", epoch + 1, epochs, np.mean(losses), time.time() - start)
+    steps = len(train_images) // batch_size  # whole batches: one shape, one trace
+    orders = [rng.permutation(len(train_images))[: steps * batch_size] for _ in range(epochs)]
+    first = _resume(trainer, resume_dir, train_images.shape[1:]) if resume_dir else 0
+    if first >= epochs:
+        return model
+    # One fit over the remaining epochs; batches gathered from the images by the permutations' indices.
+    images, labels = tf.constant(train_images), tf.constant(train_labels)
+    batches = tf.data.Dataset.from_tensor_slices(np.concatenate(orders[first:]).reshape(-1, batch_size))
+    batches = batches.map(lambda i: (tf.gather(images, i), tf.gather(labels, i))).prefetch(2)
+    # Keras's progress bar on a terminal; one line per epoch in a log file (the bar would write one per step)
+    verbose = (1 if sys.stderr.isatty() else 2) if logging.level_info() else 0
+    callbacks = [_EpochLog(epochs)] + ([_ResumeState(resume_dir)] if resume_dir else [])
+    trainer.fit(
+        batches, epochs=epochs, initial_epoch=first, steps_per_epoch=steps, shuffle=False, callbacks=callbacks,
+        verbose=verbose,
+    )
     return model
+
+
+class _EpochLog(keras.callbacks.Callback):
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss", float("nan"))
+        logging.info("epoch %d/%d: loss %.4f (%.0fs)", epoch + 1, self.epochs, loss, time.time() - self.start)
+
+
+class _ResumeState(keras.callbacks.Callback):
+    """After every epoch: the weights and optimizer state, for :func:`_resume`."""
+
+    def __init__(self, resume_dir: str):
+        super().__init__()
+        self.resume_dir = resume_dir
+
+    def on_epoch_end(self, epoch, logs=None):
+        _save_resume_state(self.model, self.resume_dir, epoch + 1)
+
+
+RESUME_WEIGHTS = "latest.weights.h5"
+RESUME_EPOCH = "epoch.json"
+
+
+def _resume(trainer, resume_dir: str, image_shape) -> int:
+    """Restore the weights and optimizer state saved after the last finished epoch; the epoch to start at."""
+    path = os.path.join(resume_dir, RESUME_EPOCH)
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        epoch = int(json.load(f)["epochs_done"])
+    trainer(np.zeros((1, *image_shape), np.float32))  # built, and the optimizer's slots made,
+    trainer.optimizer.build(trainer.trainable_variables)  # before they are restored
+    trainer.load_weights(os.path.join(resume_dir, RESUME_WEIGHTS))
+    logging.info("resuming after epoch %d from %s", epoch, resume_dir)
+    return epoch
+
+
+def _save_resume_state(trainer, resume_dir: str, epochs_done: int) -> None:
+    """Weights + optimizer state, then the epoch count, each written to a temporary file and renamed: a kill
+    at any point leaves the previous epoch's state or this one's, never a mix."""
+    os.makedirs(resume_dir, exist_ok=True)
+    weights = os.path.join(resume_dir, RESUME_WEIGHTS)
+    tmp = weights + ".tmp.weights.h5"
+    trainer.save_weights(tmp)
+    os.replace(tmp, weights)
+    tmp = os.path.join(resume_dir, RESUME_EPOCH + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"epochs_done": epochs_done}, f)
+    os.replace(tmp, os.path.join(resume_dir, RESUME_EPOCH))
 
 
 def load_or_train_c4(
     path: str,
     dataset: str = "fashion_mnist",
     data_dir: str | None = None,
-    adversarial_training: bool = False,
+    train_attack: str | None = None,
     **train_options,
 ) -> keras.Model:
-    """Load a cached C4 from `path` (a .keras file), or train it on the dataset's training split and save it."""
+    """Load a cached C4 from `path` (a .keras file), or train it on the dataset's training split (clean, or
+    against `train_attack`) and save it. Training resumes from ``<path>.resume/`` after a kill (its last
+    finished epoch), which is removed once the model is saved."""
     if os.path.exists(path):
         return keras.models.load_model(path)
     from smoothadv_tf.data import load_dataset
 
     train = load_dataset(dataset, data_dir, split="train")
-    logging.info("training C4 on %s (%d images, adversarial=%s) -> %s", dataset, len(train), adversarial_training, path)
-    model = train_c4(train.images, train.labels, adversarial_training=adversarial_training, **train_options)
+    logging.info("training C4 on %s (%d images, training attack %s) -> %s", dataset, len(train), train_attack, path)
+    model = train_c4(
+        train.images, train.labels, train_attack=train_attack, dataset=dataset, resume_dir=path + ".resume",
+        **train_options,
+    )  # fmt: skip
+    save_c4(model, path)
+    return model
+
+
+def save_c4(model: keras.Model, path: str) -> None:
+    """Save a trained C4 at `path` (written then renamed: a killed run never leaves a half-written model) and
+    remove the state its training kept for a resume (``<path>.resume/``)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.keras"  # write then rename: a killed run never leaves a half-written model
+    tmp = path + ".tmp.keras"
     model.save(tmp)
     os.replace(tmp, path)
-    return model
+    shutil.rmtree(path + ".resume", ignore_errors=True)

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from absl import logging
 
-from smoothadv_tf.config import C4_MODELS, DEFAULT_C4_EPOCHS, MODELS_DIR, c4_cache_path
+from smoothadv_tf.config import C4_MODELS, DEFAULT_C4_EPOCHS, DEFAULT_TRAIN_ATTACK, MODELS_DIR, c4_cache_path
 from smoothadv_tf.data import DataError, Dataset
 from smoothadv_tf.errors import ConfigError
 from smoothadv_tf.models.applications import keras_application
@@ -32,20 +32,28 @@ def load_model(
     data_dir: str | None = None,
     strategy=None,
     flag: str = "--checkpoint",
+    train_attack: str | None = None,
+    train_params: dict | None = None,
 ):
     """A model with the [0,1] -> logits contract, its weights on `strategy`'s devices (None: TensorFlow's
     default placement). A C4 without a checkpoint is trained once per (dataset, mode, seed, epochs) and cached
     under models/ (:func:`~smoothadv_tf.config.c4_cache_path`; MNIST read from `data_dir`); a given checkpoint
-    must exist and hold finite weights. `flag` names the checkpoint in errors."""
+    must exist and hold finite weights. `flag` names the checkpoint in errors. The adversarially trained C4
+(c4_adv) is trained against `train_attack` (default: the paper's step l.l) with `train_params` over its preset
+budget (:data:`smoothadv_tf.presets.TRAINING_PRESETS`)."""
     if name in C4_MODELS and checkpoint is None:
-        path = c4_cache_path(name, dataset, seed, epochs)
+        adversarial = name == "c4_adv"
+        train_attack = (train_attack or DEFAULT_TRAIN_ATTACK) if adversarial else None
+        train_params = dict(train_params or {}) if adversarial else None
+        path = c4_cache_path(name, dataset, seed, epochs, train_attack, train_params)
         # Trained (if not cached) outside any strategy, so the C4 does not depend on the devices; then loaded
         # into the devices' scope when there is one.
         model = load_or_train_c4(
             path,
             dataset,
             data_dir if dataset == "mnist" else None,
-            adversarial_training=name == "c4_adv",
+            train_attack=train_attack,
+            train_params=train_params,
             seed=seed,
             epochs=epochs,
         )

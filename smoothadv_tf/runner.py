@@ -90,7 +90,11 @@ def load_model(config: RunConfig, name: str | None = None, checkpoint: str | Non
         data_dir=config.data_dir,
         strategy=strategy,
         flag=flag,
-        **({"train_attack": config.train_attack, "train_params": dict(config.train_params)} if name == config.model else {}),
+        **(
+            {"train_attack": config.train_attack, "train_params": dict(config.train_params)}
+            if name == config.model
+            else {}
+        ),
     )
 
 

@@ -58,6 +58,7 @@ __all__ = [
     "training_params",
 ]
 
+
 def adversarial_positions(batch: int, fraction: float) -> np.ndarray:
     """Positions in a batch of `batch` examples that are attacked: floor(batch·fraction) of them, evenly spread
     (position j when ⌊(j+1)f⌋ > ⌊jf⌋: with f = 1/2, the odd ones), so that a batch split into equal consecutive

@@ -24,7 +24,7 @@ LAYERS = [
     {"smoothing", "filters"},
     {"devices", "layers", "magnify", "attacks.common", "attacks.latent"},
     {"attacks.gradient", "attacks.optimality", "attacks.minimum_norm"},
-    {"attacks"},  # a package's __init__ sits above the modules it gathers
+    {"attacks", "training"},  # a package's __init__ sits above the modules it gathers; training runs their loops
     {"models.wrap", "models.applications", "models.c4", "models.slim"},
     {"models", "models.loading"},
     {"records", "statistics"},

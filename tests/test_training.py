@@ -91,6 +91,24 @@ def test_checkpoint_is_the_plain_classifier(fashion_train, tmp_path):
     assert np.abs(trainer.classifier(probe).numpy()).max() > 0  # a trained model, not an empty one
 
 
+def test_mixed_precision_trains(fashion_train):
+    """Under mixed_bfloat16 (what a CPU runs fast; TensorFlow's float16 convolutions on CPU take ~20 s a batch
+    here) the attack is crafted in float32 from the bfloat16 logits and the loss falls (measured: 1.89, 1.28,
+    1.06)."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        keras.utils.set_random_seed(0)
+        trainer = compiled(AdversarialTraining(c4(), "smooth_pgd2"))
+        assert trainer.classifier.layers[0].compute_dtype == "bfloat16"
+        x, y = fashion_train.images[:1280], fashion_train.labels[:1280]
+        losses = trainer.fit(x, y, batch_size=128, epochs=3, shuffle=False, verbose=0).history["loss"]
+        crafted = trainer.craft(tf.constant(x[:8]), tf.constant(y[:8].astype(np.int64)))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(losses)) and losses[2] < losses[1] < losses[0], losses
+    assert crafted.dtype == tf.float32 and 0 < np.abs(crafted.numpy() - x[:8]).max() <= 1
+
+
 # ------------------------------------------------------------------------------------------ one vs two devices
 MIRRORED = r"""
 import sys, numpy as np, tensorflow as tf, keras

@@ -103,7 +103,12 @@ def train_c4(
     verbose = (1 if sys.stderr.isatty() else 2) if logging.level_info() else 0
     callbacks = [_EpochLog(epochs)] + ([_ResumeState(resume_dir)] if resume_dir else [])
     trainer.fit(
-        batches, epochs=epochs, initial_epoch=first, steps_per_epoch=steps, shuffle=False, callbacks=callbacks,
+        batches,
+        epochs=epochs,
+        initial_epoch=first,
+        steps_per_epoch=steps,
+        shuffle=False,
+        callbacks=callbacks,
         verbose=verbose,
     )
     return model

@@ -72,10 +72,10 @@ def training() -> tuple[str | None, dict]:
     return attack, params
 
 
-def output_path() -> str:
-    """--output, else the cache path the experiment scripts load for this dataset, training, seed and epochs;
-    UsageError for settings that path cannot tell apart from the cache's (no --output) or that do nothing."""
-    attack, params = training()
+def output_path(attack: str | None, params: dict) -> str:
+    """--output, else the cache path the experiment scripts load for this dataset, training (`attack` with
+    `params` over its budget), seed and epochs; UsageError for settings that path cannot tell apart from the
+    cache's (no --output)."""
     if FLAGS.output is not None:
         if not FLAGS.output.endswith(".keras"):
             raise app.UsageError(f"--output={FLAGS.output}: must end in .keras (the Keras format it is saved in)")
@@ -96,8 +96,8 @@ def output_path() -> str:
 
 
 def main(_):
-    output = output_path()
     attack, params = training()
+    output = output_path(attack, params)
     check_writable("--output", output)
     train = data.load_dataset(FLAGS.dataset, FLAGS.data_dir, "train")
     if FLAGS.batch_size > len(train):

@@ -109,7 +109,9 @@ def c4_cache_path(
     if name == "c4_adv":
         attack = train_attack or DEFAULT_TRAIN_ATTACK
         preset = presets.TRAINING_PRESETS[presets.training_dataset(dataset)][attack]
-        params = {**preset, **(train_params or {})}
+        options = presets.training_options(attack)
+        # typed as the options are, so that epsilon=2 and epsilon=2.0 name one file
+        params = {**preset, **{k: options.get(k, type(v))(v) for k, v in (train_params or {}).items()}}
         if attack != DEFAULT_TRAIN_ATTACK:
             name += f"_{attack}"
         if params != preset:
@@ -123,22 +125,32 @@ DEFAULT_TRAIN_ATTACK = "step_ll"  # the paper's adversarially trained models (§
 
 def parse_train_params(items: Sequence[str], attack: str) -> dict:
     """``["epsilon=2", "iterations=7"]`` -> typed overrides of training attack `attack`'s budget (each value
-    typed as its preset's); ConfigError for an item that is not key=value or an option `attack` does not take."""
-    preset = presets.TRAINING_PRESETS["fashion_mnist"][attack]
-    types_ = {**{k: type(v) for k, v in preset.items()}, "alpha": float, "solver": str, "cg_iterations": int}
-    types_["cg_gradient"] = str
+    typed as :func:`~smoothadv_tf.presets.training_options` says); ConfigError for an item that is not
+    key=value or an option `attack` does not take."""
+    options = presets.training_options(attack)
     out = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--train_params: {item!r} is not key=value")
-        if key not in types_ or (key in ("alpha", "solver", "cg_iterations", "cg_gradient") and key not in preset):
-            raise ConfigError(f"--train_params: {key}: --train_attack={attack} takes no such option ({sorted(preset)})")
+        if key not in options:
+            raise ConfigError(
+                f"--train_params: {key}: --train_attack={attack} takes no such option ({sorted(options)})"
+            )
         try:
-            out[key] = _parse_param(key, text, types_[key])
+            out[key] = _parse_param(key, text, options[key])
         except ConfigError as e:
             raise ConfigError(str(e).replace("--attack_params", "--train_params")) from None
     return out
+
+
+def check_training_target(model: str, checkpoint: str | None, given: str) -> None:
+    """--train_attack / --train_params (`given`) only for the adversarially trained C4 trained here."""
+    if model != "c4_adv" or checkpoint:
+        raise ConfigError(
+            f"{given}: only for --model=c4_adv trained here (no --checkpoint); the model is {model}"
+            + (f" from {checkpoint}" if checkpoint else "")
+        )
 
 
 def check_c4_file(flag: str, path: str | None, model: str) -> None:
@@ -360,12 +372,9 @@ class RunConfig:
         and a budget in its domain (presets.training_params)."""
         if self.train_attack is None and not self.train_params:
             return
-        given = "--train_attack" if self.train_attack is not None else "--train_params"
-        if self.model != "c4_adv" or self.checkpoint:
-            raise ConfigError(
-                f"{given}: only for --model=c4_adv trained here (no --checkpoint); the model is {self.model}"
-                + (f" from {self.checkpoint}" if self.checkpoint else "")
-            )
+        check_training_target(
+            self.model, self.checkpoint, "--train_attack" if self.train_attack is not None else "--train_params"
+        )
         attack = self.train_attack or DEFAULT_TRAIN_ATTACK
         try:
             presets.training_params(attack, self.dataset, **self.train_params)

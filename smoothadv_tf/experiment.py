@@ -153,6 +153,9 @@ def config_from_flags() -> RunConfig:
     """The RunConfig of the parsed common flags: checked (ConfigError, one line) before any data or model is
     loaded; the shard index from --shard_index or the scheduler (:func:`shard_index_and_source`)."""
     index, source = shard_index_and_source()
+    for flag in ("train_attack", "train_params"):  # before the budget is parsed against an attack
+        if FLAGS[flag].present:
+            config_lib.check_training_target(FLAGS.model, FLAGS.checkpoint, f"--{flag}")
     if not 0 <= index < FLAGS.num_shards:
         raise ConfigError(f"--num_shards={FLAGS.num_shards}, {source}={index}: need 0 <= index < shards")
     return RunConfig(

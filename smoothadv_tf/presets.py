@@ -371,8 +371,25 @@ _CHECKED_AS = {"step_ll": "fgsm", "fgsm_rs": "ifgsm"}
 
 
 def training_dataset(dataset: str) -> str:
-    """The training presets a run's dataset takes: its own for MNIST / Fashion-MNIST, ImageNet's for photos."""
-    return dataset if dataset in ("mnist", "fashion_mnist") else "imagenet"
+    """The training presets a run's dataset takes: its own for MNIST / Fashion-MNIST, ImageNet's for photos
+    (nips17, folder, imagenet); ValueError for another name."""
+    if dataset in ("mnist", "fashion_mnist", "imagenet"):
+        return dataset
+    if dataset in ("nips17", "folder"):
+        return "imagenet"
+    raise ValueError(f"dataset={dataset!r}: training budgets exist for mnist, fashion_mnist, imagenet (nips17, folder)")
+
+
+# the types of the training options (a preset's value gives the others' types)
+_SMOOTHING_OPTION_TYPES = {"alpha": float, "solver": str, "cg_iterations": int, "cg_gradient": str}
+
+
+def training_options(attack: str) -> dict[str, type]:
+    """{option: type} of training attack `attack`: its preset's keys, plus the smoothing ones for a smooth attack."""
+    options = {k: type(v) for k, v in TRAINING_PRESETS["fashion_mnist"][attack].items()}
+    if attack in SMOOTH_TRAIN_ATTACKS:
+        options = {**_SMOOTHING_OPTION_TYPES, **options}
+    return options
 
 
 def training_params(attack: str, dataset: str = "fashion_mnist", **overrides) -> dict:
@@ -381,21 +398,14 @@ def training_params(attack: str, dataset: str = "fashion_mnist", **overrides) ->
     if attack not in TRAIN_ATTACKS:
         raise ValueError(f"train_attack={attack!r}: expected one of {list(TRAIN_ATTACKS)}")
     preset = TRAINING_PRESETS[training_dataset(dataset)][attack]
-    unknown = sorted(set(overrides) - _allowed(attack))
+    unknown = sorted(set(overrides) - set(training_options(attack)))
     if unknown:
         raise ValueError(
-            f"train_attack={attack}: takes no option {unknown[0]!r} (its options: {sorted(_allowed(attack))})"
+            f"train_attack={attack}: takes no option {unknown[0]!r} (its options: {sorted(training_options(attack))})"
         )
     params = {**preset, **overrides}
     check_training_params(attack, params)
     return params
-
-
-def _allowed(attack: str) -> set:
-    options = set(TRAINING_PRESETS["fashion_mnist"][attack])
-    if attack in SMOOTH_TRAIN_ATTACKS:
-        options |= {"alpha", "solver", "cg_iterations", "cg_gradient"}
-    return options
 
 
 def check_training_params(attack: str, params: dict) -> None:
@@ -403,7 +413,7 @@ def check_training_params(attack: str, params: dict) -> None:
     if attack not in TRAIN_ATTACKS:
         raise ValueError(f"train_attack={attack!r}: expected one of {list(TRAIN_ATTACKS)}")
     missing = sorted(set(TRAINING_PRESETS["fashion_mnist"][attack]) - set(params))
-    unknown = sorted(set(params) - _allowed(attack))
+    unknown = sorted(set(params) - set(training_options(attack)))
     if missing or unknown:
         what = f"missing option {missing[0]!r}" if missing else f"takes no option {unknown[0]!r}"
         raise ValueError(f"train_attack={attack}: {what}")

@@ -352,8 +352,9 @@ def run_identity(
 ) -> dict:
     """Everything that decides the results of this run (the configuration, the data, the attacked model's
     weights), with every attack's parameter sets (`defaults`: the experiment's own overrides, under
-    ``config.attack_params``; `judges`: the judged models' weights, transfer)."""
-    return {
+    ``config.attack_params``; `judges`: the judged models' weights, transfer). How a C4 trained here was trained
+    (``training``) is there only for c4_adv, so that the run ids of every other run stay what they were."""
+    identity = {
         "experiment": experiment,
         "dataset": config.dataset,
         "data": dataset_fingerprint(dataset),
@@ -363,10 +364,12 @@ def run_identity(
         "preset": config.preset_name,
         "protocol": config.protocol,
         "single_run": bool(single_run),
-        "training": config.training,  # how a C4 trained here was trained (c4_adv), else None
         "judges": dict(judges or {}),
         "attacks": {a: config.attack_runs(a, single_run, defaults) for a in config.attacks},
     }
+    if config.training is not None:
+        identity["training"] = config.training
+    return identity
 
 
 def run_id(identity: dict) -> str:

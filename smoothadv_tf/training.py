@@ -4,7 +4,10 @@
 adversarial examples for a fixed share of each batch with one of the library's attacks (the classifier in
 inference mode while crafting), and hands the clean/adversarial mix to Keras's own ``train_step`` with per-example
 weights. So ``fit``, callbacks, validation, ``tf.distribute`` strategies and mixed precision work unchanged, and
-``save`` (what ``ModelCheckpoint`` calls) writes the plain classifier, which loads without this library.
+``save`` (what ``ModelCheckpoint`` calls by default) writes the plain classifier, which loads without this
+library; ``save_weights`` keeps the trainer's own weights with its optimizer state (what ``BackupAndRestore`` and
+``ModelCheckpoint(save_weights_only=True)`` call: training state, for resuming), and
+``trainer.classifier.save_weights`` the classifier's alone. Training metrics are on the weighted mix.
 
 The training attacks (:data:`TRAIN_ATTACKS`):
 
@@ -16,11 +19,13 @@ The training attacks (:data:`TRAIN_ATTACKS`):
 - ``smooth_pgd2_latent``: PGD₂ on the latent z with r = ŝ_α(z) (eq. 17) and the exact projection;
 - ``smooth_ddn``: DDN on z, stepping along the image gradient (``direction="image"``, attacks/minimum_norm.py).
 
-The iterative ones run all k steps on every image (no early stop: the model trains on the step-k iterate) and
-are not quantised (training images need not be 8-bit). Which examples of a batch are attacked is fixed by
-their position (evenly spread, a share `fraction`), and every random draw is a function of the seed, the
-optimizer's step and the example's position in the *global* batch: the same batch trains the same way on one
-device or split over several (tested under MirroredStrategy).
+PGD₂, sPGD₂ and PGD₂ on z run all k steps on every image (no early stop: the model trains on the step-k
+iterate); sDDN is DDN, a minimum-norm attack: it returns its least-distortion adversarial iterate, and x itself
+for an image it does not make adversarial within its k steps (as Rony et al.'s training does). None is
+quantised (training images need not be 8-bit). Which examples of a batch are attacked is fixed by their
+position (evenly spread, a share `fraction`), and every random draw is a function of the seed, the optimizer's
+step and the example's position in the *global* batch: a batch split evenly over devices trains as on one
+device (tested under MirroredStrategy).
 
 Loss: (Σ_clean CE + λ Σ_adv CE) / (m - k + λk), k of the m examples adversarial, λ = `weight` — Kurakin et al.'s
 weighted mix (λ = 0.3 for step_ll, the paper's models; λ = 1 for the others, the equal mix of Goodfellow et
@@ -121,7 +126,8 @@ class AdversarialTraining(keras.Model):
     (``evaluate``, validation) is on clean images. Fixed-shape batches (a tf.data pipeline with
     ``drop_remainder=True``, or arrays whose length the batch size divides) trace the step once with static
     shapes; otherwise Keras traces it once for any batch size, and the positions and draws are computed in the
-    graph (same results).
+    graph (same positions and draws; a smooth attack's ``solver="auto"`` then takes Chebyshev, which a small
+    colour image's fixed-shape batch may solve densely instead: the same ŝ_α to 1e-6).
     """
 
     def __init__(self, classifier: keras.Model, attack: str = "step_ll", *, dataset: str = "fashion_mnist",
@@ -151,8 +157,9 @@ class AdversarialTraining(keras.Model):
     # -------------------------------------------------------------------------------------------- the train step
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = tf.convert_to_tensor(x, tf.float32)
-        y = tf.convert_to_tensor(y)
+        x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+        _check_batch(x, y)
+        x = tf.cast(x, tf.float32)
         # the batch size per replica: static for fixed-shape batches, else (a partial last batch) a tensor
         batch = int(x.shape[0]) if x.shape[0] is not None else tf.shape(x, out_type=tf.int64)[0]
         self._batch_size = batch
@@ -171,6 +178,11 @@ class AdversarialTraining(keras.Model):
         weight = self.params["weight"]
         if isinstance(batch, int):
             positions = self.attacked_positions(batch)
+            if not len(positions):
+                raise ValueError(
+                    f"fraction={self.params['fraction']}: attacks no example of a batch of {batch} (raise it or the "
+                    "batch size)"
+                )
             weights = np.ones(batch, np.float32)
             weights[positions] = weight
             return tf.constant(positions, tf.int64), tf.constant(weights * batch / weights.sum())
@@ -247,13 +259,24 @@ class AdversarialTraining(keras.Model):
                 _, build = gradient_loop(norm="l2", early_stop=False, **common)
                 scalars = (p["epsilon"], p["step"])
             elif attack == "smooth_pgd2_latent":
-                _, build = rescaling_loop(rule="pgd", **common)
+                _, build = rescaling_loop(rule="pgd", early_stop=False, **common)
                 scalars = (p["epsilon"], p["step"], p["step"])
             else:  # smooth_ddn
                 _, build = rescaling_loop(rule="ddn", gamma=p["gamma"], direction=p["direction"], **common)
                 scalars = (p["init_epsilon"], 1.0, 0.01)
             self._loops[shape] = (build(lambda: self.classifier), scalars)
         return self._loops[shape]
+
+
+def _check_batch(x, y) -> None:
+    """Float images and integer class labels (a (B,) or (B, 1) tensor), refused when the step is traced."""
+    if not x.dtype.is_floating:
+        raise ValueError(f"x: expected float images in [0, 1], got {x.dtype.name} (divide 8-bit images by 255)")
+    if not y.dtype.is_integer or (y.shape.rank or 0) > 2 or (y.shape.rank == 2 and y.shape[-1] != 1):
+        raise ValueError(
+            f"y: expected integer class labels of shape (B,) or (B, 1), got {y.dtype.name} {y.shape} (one-hot labels: "
+            "pass their argmax, and SparseCategoricalCrossentropy)"
+        )
 
 
 def _check_classifier(classifier) -> None:

@@ -186,7 +186,8 @@ common = sorted(set(flags.FLAGS) - before)
 flags.FLAGS(sys.argv)
 config = experiment.config_from_flags()
 fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-print(json.dumps({"common": common, "fields": {k: dict(v) if k == "attack_params" else v for k, v in fields.items()}}))
+mappings = ("attack_params", "train_params")
+print(json.dumps({"common": common, "fields": {k: dict(v) if k in mappings else v for k, v in fields.items()}}))
 """
 
 
@@ -217,17 +218,26 @@ def test_every_common_flag_reaches_the_run_config(tmp_path):
         "devices": ["CPU:0"],
         "attack_params": {"iterations": 4, "alpha": 0.9},
     }
-    argv = [
-        f"--{k}=" + (",".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else ",".join(map(str, v)) if isinstance(v, list) else str(v))
-        for k, v in given.items()
-    ]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-c", FLAGS_TO_CONFIG, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["common"] == sorted(f.name for f in dataclasses.fields(RunConfig))
-    assert out["fields"] == given
+    # the training flags apply to a C4 trained here, so not with --checkpoint: a second run sets them
+    training = {"model": "c4_adv", "train_attack": "smooth_pgd2", "train_params": {"iterations": 3, "alpha": 0.9}}
+    for flags_given, expected in [
+        (given, {**given, "train_attack": None, "train_params": {}}),
+        (
+            {**{k: v for k, v in given.items() if k != "checkpoint"}, **training},
+            {**given, "checkpoint": None, **training},
+        ),
+    ]:
+        argv = [
+            f"--{k}=" + (",".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else ",".join(map(str, v)) if isinstance(v, list) else str(v))
+            for k, v in flags_given.items()
+        ]  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", FLAGS_TO_CONFIG, *argv], capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert out["common"] == sorted(f.name for f in dataclasses.fields(RunConfig))
+        assert out["fields"] == expected
 
 
 def readme_run_snippet() -> str:

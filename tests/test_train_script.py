@@ -53,7 +53,7 @@ def from_script(expression: str, *args: str) -> str:
     ],
 )
 def test_default_output_is_the_cache_the_experiments_load(args, cache):
-    path = ast.literal_eval(from_script("script.output_path()", *args))
+    path = ast.literal_eval(from_script("script.output_path(*script.training())", *args))
     assert path == experiment.c4_cache_path(*cache)
     if cache[3] != 6:  # one epoch never lands on the standard 6-epoch model
         assert path != experiment.c4_cache_path(*cache[:3], 6)
@@ -72,6 +72,23 @@ def test_the_experiments_take_the_training_attack_into_cache_and_identity():
     assert config.training["params"]["epsilon"] == 1.5  # the rest from the Fashion-MNIST preset
     assert RunConfig(model="c4_adv").training["attack"] == "step_ll"
     assert RunConfig(model="c4").training is None
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--train_params=iterations=3"], "--train_params: only for --model=c4_adv trained here (no --checkpoint); the model is c4"),
+        (["--model=c4_adv", "--checkpoint=CKPT", "--train_attack=pgd2"], "--train_attack: only for --model=c4_adv trained here"),
+        (["--model=c4_adv", "--train_attack=pgd2", "--train_params=alpha=0.9"], "--train_params: alpha: --train_attack=pgd2 takes no such option"),
+        (["--model=c4_adv", "--train_attack=smooth_pgd2", "--train_params=alpha=1.5"], "--train_params: train_attack=smooth_pgd2: alpha=1.5: must be in [0, 1)"),
+    ],
+)  # fmt: skip
+def test_the_experiments_refuse_training_flags_that_do_nothing_or_are_out_of_range(tmp_path, args, fragment):
+    (tmp_path / "c4.keras").write_bytes(b"not a model")
+    args = [a.replace("CKPT", str(tmp_path / "c4.keras")) for a in args]
+    done = run_script("white_box.py", *args, f"--output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert_refused(done, "white_box.py", fragment)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cache_hyperparameters_are_train_c4s_defaults():

@@ -5,6 +5,7 @@ and refuses bad options before training."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -141,7 +142,7 @@ def test_mirrored_strategy_matches_one_device(tmp_path):
     agree to the rounding of the gradients' all-reduce (measured: ≤ 1e-8). Over several steps that rounding can flip a near-tie between
     two logits in PGD₂'s margin loss and change an example (measured after four steps of 128: 2e-4 for PGD₂,
     ≤ 1e-8 for the one-step attacks), which is why one step is compared."""
-    attacks_ = ["step_ll", "fgsm_rs", "pgd2", "smooth_pgd2", "smooth_ddn"]
+    attacks_ = ["step_ll", "fgsm_rs", "pgd2", "smooth_pgd2", "smooth_pgd2_latent", "smooth_ddn"]
     out = tmp_path / "weights.npz"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
     done = subprocess.run(
@@ -212,11 +213,16 @@ def test_clean_training_is_the_old_loop_and_resumes_exactly(fashion_train, tmp_p
     straight = train_c4(x, y, epochs=2, train_attack="pgd2")
     resume = str(tmp_path / "resume")
     first = train_c4(x, y, epochs=1, train_attack="pgd2", resume_dir=resume)
-    assert sorted(os.listdir(resume)) == ["epoch.json", "latest.weights.h5"]
+    assert sorted(os.listdir(resume)) == ["latest.weights.h5", "settings.json"]
     resumed = train_c4(x, y, epochs=2, train_attack="pgd2", resume_dir=resume)
     for a, b in zip(weights_of(straight), weights_of(resumed)):
         np.testing.assert_array_equal(a, b)
     assert any(np.abs(a - b).max() > 0 for a, b in zip(weights_of(first), weights_of(resumed)))
+    # the state of another training is never resumed from
+    with pytest.raises(
+        ValueError, match=r"holds the state of another training \(differs in \['train_attack', 'train_params'\]\)"
+    ):
+        train_c4(x, y, epochs=3, train_attack="step_ll", resume_dir=resume)
 
 
 # ------------------------------------------------------------------------------------------------ bad options
@@ -237,17 +243,34 @@ def softmax_c4():
         ("smooth_pgd2", {"solver": "lu"}, "solver='lu': expected one of"),
     ],
 )
-def test_bad_training_options_are_refused_before_training(attack, params, message):
-    model = c4()
-    before = weights_of(model)
+def test_bad_training_options_are_refused_before_training(attack, params, message, tmp_path):
     with pytest.raises(ValueError) as raised:
-        AdversarialTraining(model, attack, **params)
+        AdversarialTraining(c4(), attack, **params)
     assert message in str(raised.value) and "\n" not in str(raised.value)
+    resume = tmp_path / "resume"
     with pytest.raises(ValueError, match="expected one of|must be|takes no option"):
         train_c4(np.zeros((8, 28, 28, 1), np.float32), np.arange(8) % 2, epochs=1, batch_size=4,
-                 train_attack=attack, train_params=params)  # fmt: skip
-    for a, b in zip(before, weights_of(model)):
-        np.testing.assert_array_equal(a, b)
+                 train_attack=attack, train_params=params, resume_dir=str(resume))  # fmt: skip
+    assert not resume.exists()  # refused before the first epoch
+
+
+def test_bad_batches_are_refused_when_the_step_is_traced(fashion_train):
+    """One-hot labels, 8-bit images and a share that attacks nobody: one ValueError each, not a wrong training."""
+    x, y = fashion_train.images[:256], fashion_train.labels[:256]
+    cases = [
+        ("pgd2", {}, x, np.eye(10, dtype=np.int64)[y], "y: expected integer class labels of shape (B,) or (B, 1)"),
+        ("pgd2", {}, (x * 255).astype(np.uint8), y, "x: expected float images in [0, 1], got uint8"),
+        ("step_ll", {"fraction": 0.005}, x, y, "fraction=0.005: attacks no example of a batch of 128"),
+    ]
+    for attack, params, images, labels, message in cases:
+        trainer = compiled(AdversarialTraining(c4(), attack, **params))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            trainer.fit(images, labels, batch_size=128, epochs=1, verbose=0)
+    # (B, 1) labels and sample weights are taken
+    trainer = compiled(AdversarialTraining(c4(), "step_ll"))
+    weights = np.where(y == 0, 0.0, 1.0).astype(np.float32)
+    history = trainer.fit(x, y[:, None], sample_weight=weights, batch_size=128, epochs=2, shuffle=False, verbose=0)
+    assert history.history["loss"][1] < history.history["loss"][0]
 
 
 def test_a_classifier_with_probabilities_or_no_input_shape_is_refused():

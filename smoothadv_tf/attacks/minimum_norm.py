@@ -92,10 +92,11 @@ def _rescaling_attack(
 
 
 def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="latent", targeted=False,
-                   quantize_output=True):  # fmt: skip
+                   quantize_output=True, early_stop=True):  # fmt: skip
     """The loop of :func:`_rescaling_attack` as ``(key, build)`` (see
     :func:`~smoothadv_tf.attacks.common._run_attack_loop`; adversarial training calls ``build`` itself).
-    Scalars at run time: ε, the first and the last step size."""
+    Scalars at run time: ε, the first and the last step size. ``early_stop=False`` (``"pgd"`` only, for
+    training): every image takes all `iterations` steps and the last iterate is returned."""
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: expected one of {RULES}")
     if direction not in DIRECTIONS:
@@ -103,7 +104,8 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
     smooth_key = tuple(sorted(smoothing.items())) if smoothing else None
     on_image = smoothing is None or direction == "image"  # the variable steps along the image gradient
     key = ("rescaling", rule, smooth_key, targeted, bool(quantize_output), int(iterations), gamma)
-    key += (on_image,)
+    key += (on_image, bool(early_stop))
+    stops = rule != "pgd" or early_stop  # "pgd" without early stop runs every step and returns the last
     evaluations = iterations + 1 if rule == "pgd" else iterations  # PGD judges the result of its last step too
 
     def build(get_model):
@@ -167,7 +169,7 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
                 ratio = safe_div(l2_norm(v_now), r_length, otherwise=1.0) if latent else ones
                 v_next = v_now + _per_image(step * ratio) * unit
                 pending_next = tf.where(has_r, tf.zeros_like(step * ones), step * ones)
-                freeze = done | (adversarial if rule == "pgd" else tf.zeros_like(done))
+                freeze = done | (adversarial if rule == "pgd" and early_stop else tf.zeros_like(done))
                 used = used + tf.cast(~freeze & (k < iterations), tf.int64)
                 v = tf.where(_per_image(freeze), v, v_next)
                 eps = tf.where(freeze, eps, new_eps)
@@ -189,6 +191,8 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
             )
             state = tf.while_loop(lambda k, *rest: (k < evaluations) & ~tf.reduce_all(rest[7]), body, state)
             _, _, _, _, best_x, _, last_x, found, _, used = state
+            if not stops:
+                return last_x, used
             failed = last_x if rule == "pgd" else x_o  # PGD returns where it stopped; DDN / FMN "fail": x_o
             return tf.where(_per_image(found), best_x, failed), used
 

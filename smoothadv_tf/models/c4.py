@@ -12,6 +12,7 @@ other training attack of :data:`smoothadv_tf.training.TRAIN_ATTACKS`, smooth one
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -68,7 +69,8 @@ def train_c4(
     images. The batches are those of the hand-written loop this replaced (a NumPy permutation per epoch drawn
     from ``default_rng(seed)``), and the weights start from ``keras.utils.set_random_seed(seed)``: clean
     training gives that loop's model. With `resume_dir`, the weights and optimizer state are saved there after
-    every epoch and a killed run resumes from its last finished epoch (same batches, same random draws);
+    every epoch and a killed run resumes from its last finished epoch (same batches, same random draws; the
+    state of a training with other settings is refused);
     `strategy` (e.g. MirroredStrategy) splits each batch over its devices."""
     from smoothadv_tf.training import AdversarialTraining, training_params
 
@@ -76,8 +78,18 @@ def train_c4(
         raise ValueError(f"batch_size={batch_size}: need 1..{len(train_images)} (the training images)")
     if train_attack is None and train_params:
         raise ValueError(f"train_params={train_params!r}: only used with a train_attack")
-    if train_attack is not None:
-        training_params(train_attack, dataset, **(train_params or {}))  # refused before anything is built
+    budget = training_params(train_attack, dataset, **(train_params or {})) if train_attack else None  # checked
+    # what a resumed training must share with the one that saved its state (the epochs may grow)
+    settings = {
+        "train_attack": train_attack,
+        "train_params": budget,
+        "seed": seed,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "data": hashlib.sha256(
+            train_labels.tobytes() + train_images[:: max(1, len(train_images) // 64)].tobytes()
+        ).hexdigest()[:16],
+    }
     keras.utils.set_random_seed(seed)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model = c4(int(train_labels.max()) + 1, train_images.shape[1:])
@@ -92,7 +104,10 @@ def train_c4(
     rng = np.random.default_rng(seed)
     steps = len(train_images) // batch_size  # whole batches: one shape, one trace
     orders = [rng.permutation(len(train_images))[: steps * batch_size] for _ in range(epochs)]
-    first = _resume(trainer, resume_dir, train_images.shape[1:]) if resume_dir else 0
+    first = 0
+    if resume_dir:
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            first = _resume(trainer, resume_dir, train_images.shape[1:], settings, steps)
     if first >= epochs:
         return model
     # One fit over the remaining epochs; batches gathered from the images by the permutations' indices.
@@ -101,7 +116,7 @@ def train_c4(
     batches = batches.map(lambda i: (tf.gather(images, i), tf.gather(labels, i))).prefetch(2)
     # Keras's progress bar on a terminal; one line per epoch in a log file (the bar would write one per step)
     verbose = (1 if sys.stderr.isatty() else 2) if logging.level_info() else 0
-    callbacks = [_EpochLog(epochs)] + ([_ResumeState(resume_dir)] if resume_dir else [])
+    callbacks = [_EpochLog(epochs)] + ([_ResumeState(resume_dir, settings)] if resume_dir else [])
     trainer.fit(
         batches,
         epochs=epochs,
@@ -130,44 +145,57 @@ class _EpochLog(keras.callbacks.Callback):
 class _ResumeState(keras.callbacks.Callback):
     """After every epoch: the weights and optimizer state, for :func:`_resume`."""
 
-    def __init__(self, resume_dir: str):
+    def __init__(self, resume_dir: str, settings: dict):
         super().__init__()
-        self.resume_dir = resume_dir
+        self.resume_dir, self.settings = resume_dir, settings
 
     def on_epoch_end(self, epoch, logs=None):
-        _save_resume_state(self.model, self.resume_dir, epoch + 1)
+        _save_resume_state(self.model, self.resume_dir, self.settings)
 
 
 RESUME_WEIGHTS = "latest.weights.h5"
-RESUME_EPOCH = "epoch.json"
+RESUME_SETTINGS = "settings.json"
 
 
-def _resume(trainer, resume_dir: str, image_shape) -> int:
-    """Restore the weights and optimizer state saved after the last finished epoch; the epoch to start at."""
-    path = os.path.join(resume_dir, RESUME_EPOCH)
-    if not os.path.exists(path):
+def _resume(trainer, resume_dir: str, image_shape, settings: dict, steps: int) -> int:
+    """Restore the weights and optimizer state saved after the last finished epoch; the epoch to start at (the
+    optimizer's step count over the steps per epoch: one file holds both, so they cannot disagree).
+    ValueError for the state of another training."""
+    weights = os.path.join(resume_dir, RESUME_WEIGHTS)
+    if not os.path.exists(weights):
         return 0
-    with open(path) as f:
-        epoch = int(json.load(f)["epochs_done"])
+    try:
+        with open(os.path.join(resume_dir, RESUME_SETTINGS)) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = None
+    if saved != json.loads(json.dumps(settings)):
+        differ = sorted(k for k in settings if (saved or {}).get(k) != json.loads(json.dumps(settings))[k])
+        raise ValueError(
+            f"resume_dir={resume_dir}: holds the state of another training (differs in {differ or 'all'}); "
+            "remove it to start afresh"
+        )
     trainer(np.zeros((1, *image_shape), np.float32))  # built, and the optimizer's slots made,
     trainer.optimizer.build(trainer.trainable_variables)  # before they are restored
-    trainer.load_weights(os.path.join(resume_dir, RESUME_WEIGHTS))
+    trainer.load_weights(weights)
+    epoch = int(trainer.optimizer.iterations.numpy()) // steps
     logging.info("resuming after epoch %d from %s", epoch, resume_dir)
     return epoch
 
 
-def _save_resume_state(trainer, resume_dir: str, epochs_done: int) -> None:
-    """Weights + optimizer state, then the epoch count, each written to a temporary file and renamed: a kill
-    at any point leaves the previous epoch's state or this one's, never a mix."""
+def _save_resume_state(trainer, resume_dir: str, settings: dict) -> None:
+    """The training's settings (once), then its weights + optimizer state, each written to a temporary file
+    and renamed: a kill at any point leaves the previous epoch's state or this one's, never a mix."""
     os.makedirs(resume_dir, exist_ok=True)
+    path = os.path.join(resume_dir, RESUME_SETTINGS)
+    if not os.path.exists(path):
+        with open(path + ".tmp", "w") as f:
+            json.dump(settings, f)
+        os.replace(path + ".tmp", path)
     weights = os.path.join(resume_dir, RESUME_WEIGHTS)
     tmp = weights + ".tmp.weights.h5"
     trainer.save_weights(tmp)
     os.replace(tmp, weights)
-    tmp = os.path.join(resume_dir, RESUME_EPOCH + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"epochs_done": epochs_done}, f)
-    os.replace(tmp, os.path.join(resume_dir, RESUME_EPOCH))
 
 
 def load_or_train_c4(

@@ -36,11 +36,11 @@ def load_model(
     train_params: dict | None = None,
 ):
     """A model with the [0,1] -> logits contract, its weights on `strategy`'s devices (None: TensorFlow's
-        default placement). A C4 without a checkpoint is trained once per (dataset, mode, seed, epochs) and cached
-        under models/ (:func:`~smoothadv_tf.config.c4_cache_path`; MNIST read from `data_dir`); a given checkpoint
-        must exist and hold finite weights. `flag` names the checkpoint in errors. The adversarially trained C4
-    (c4_adv) is trained against `train_attack` (default: the paper's step l.l) with `train_params` over its preset
-    budget (:data:`smoothadv_tf.presets.TRAINING_PRESETS`)."""
+    default placement). A C4 without a checkpoint is trained once per (dataset, mode, training, seed, epochs)
+    and cached under models/ (:func:`~smoothadv_tf.config.c4_cache_path`; MNIST read from `data_dir`); a given
+    checkpoint must exist and hold finite weights. `flag` names the checkpoint in errors. The adversarially
+    trained C4 (c4_adv) is trained against `train_attack` (default: the paper's step l.l) with `train_params`
+    over its preset budget (:data:`smoothadv_tf.presets.TRAINING_PRESETS`)."""
     if name in C4_MODELS and checkpoint is None:
         adversarial = name == "c4_adv"
         train_attack = (train_attack or DEFAULT_TRAIN_ATTACK) if adversarial else None

@@ -143,7 +143,8 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
                 v_now = image - x_o if latent is None else v * _per_image(scale)  # plain δ is kept clipped
                 r_length = raw_norm * scale  # ||r|| before clipping: the length the latent variable controls
                 judged = quantize(image) if quantize_output else image
-                adversarial = is_adversarial(logits_of(model, judged), goal, targeted) & originally_correct
+                judged_logits = logits_of(model, judged) if quantize_output else logits  # unquantised: the same image
+                adversarial = is_adversarial(judged_logits, goal, targeted) & originally_correct
                 distortion = l2_norm(judged - x_o)
                 better = adversarial & (distortion < best_d) & ~done
                 best_x = tf.where(_per_image(better), judged, best_x)

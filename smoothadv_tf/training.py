@@ -40,6 +40,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from smoothadv_tf.attacks.common import _declared_image_shape, _smoothing_options, logits_of, outputs_probabilities
+from smoothadv_tf.attacks.gradient import gradient_loop
+from smoothadv_tf.attacks.minimum_norm import rescaling_loop
 from smoothadv_tf.presets import (  # the tables and checks, without TensorFlow (the scripts check flags first)
     SMOOTH_TRAIN_ATTACKS,
     TRAIN_ATTACKS,
@@ -64,37 +67,31 @@ __all__ = [
 ]
 
 
+def _attacked(j, fraction: float, floor=np.floor):
+    """Whether position j is attacked: ⌊(j+1)f⌋ > ⌊jf⌋ (NumPy, or TensorFlow with floor=tf.floor)."""
+    return floor((j + 1) * fraction + 1e-9) > floor(j * fraction + 1e-9)
+
+
 def adversarial_positions(batch: int, fraction: float) -> np.ndarray:
     """Positions in a batch of `batch` examples that are attacked: floor(batch·fraction) of them, evenly spread
     (position j when ⌊(j+1)f⌋ > ⌊jf⌋: with f = 1/2, the odd ones), so that a batch split into equal consecutive
     shares over devices attacks the same examples as on one device whenever each share holds a whole
     number of them."""
-    j = np.arange(batch)
-    return np.flatnonzero(np.floor((j + 1) * fraction + 1e-9) > np.floor(j * fraction + 1e-9))
-
-
-def outputs_probabilities(outputs) -> bool:
-    """True for outputs that are non-negative with rows summing to 1: probabilities, not logits."""
-    outputs = np.asarray(outputs, np.float64)
-    return outputs.size > 0 and outputs.min() >= 0 and bool(np.allclose(outputs.sum(-1), 1.0, atol=1e-3))
-
-
-def _logits(classifier, x):
-    return tf.cast(classifier(x, training=False), tf.float32)  # inference mode; float32 under mixed precision
+    return np.flatnonzero(_attacked(np.arange(batch), fraction))
 
 
 def _input_gradient(classifier, x, labels):
-    """∇ₓ Σ CE(f(x), labels), the classifier in inference mode."""
+    """∇ₓ Σ CE(f(x), labels), the classifier in inference mode (float32 logits under mixed precision)."""
     with tf.GradientTape(watch_accessed_variables=False) as tape:
         tape.watch(x)
-        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, _logits(classifier, x)))
+        loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits_of(classifier, x)))
     return tape.gradient(loss, x)
 
 
 def step_ll(classifier, x, epsilons):
     """Kurakin et al.'s one-step least-likely-class example x - ε sign(∇ₓ CE(f(x), argmin f(x))), clipped to
     [0, 1], with one ε per example (`epsilons`)."""
-    least_likely = tf.argmin(_logits(classifier, x), -1)
+    least_likely = tf.argmin(logits_of(classifier, x), -1)
     g = _input_gradient(classifier, x, least_likely)
     return tf.clip_by_value(x - epsilons[:, None, None, None] * tf.sign(g), 0.0, 1.0)
 
@@ -186,9 +183,7 @@ class AdversarialTraining(keras.Model):
             weights = np.ones(batch, np.float32)
             weights[positions] = weight
             return tf.constant(positions, tf.int64), tf.constant(weights * batch / weights.sum())
-        j = tf.cast(tf.range(batch), tf.float64)
-        f = float(self.params["fraction"])
-        attacked = tf.floor((j + 1) * f + 1e-9) > tf.floor(j * f + 1e-9)  # adversarial_positions, in the graph
+        attacked = _attacked(tf.cast(tf.range(batch), tf.float64), float(self.params["fraction"]), tf.floor)
         weights = tf.where(attacked, tf.constant(weight, tf.float64), tf.constant(1.0, tf.float64))
         weights = weights * tf.cast(batch, tf.float64) / tf.reduce_sum(weights)
         return tf.where(attacked)[:, 0], tf.cast(weights, tf.float32)
@@ -237,10 +232,6 @@ class AdversarialTraining(keras.Model):
     def _loop(self, shape):
         """The library's traced attack loop for images of `shape` and its run-time scalars (built once)."""
         if shape not in self._loops:
-            from smoothadv_tf.attacks.common import _smoothing_options
-            from smoothadv_tf.attacks.gradient import gradient_loop
-            from smoothadv_tf.attacks.minimum_norm import rescaling_loop
-
             p, attack = self.params, self.attack
             smoothing = None
             if attack in SMOOTH_TRAIN_ATTACKS:
@@ -283,16 +274,13 @@ def _check_classifier(classifier) -> None:
     """A Keras model with a declared input shape whose outputs are logits, checked on one probe batch."""
     if not isinstance(classifier, keras.Model):
         raise ValueError(f"classifier: expected a keras.Model, got {type(classifier).__name__}")
-    try:
-        shape = classifier.input_shape
-    except (AttributeError, ValueError):
-        shape = None
-    if not isinstance(shape, tuple) or len(shape) != 4 or any(d is None for d in shape[1:]):
+    shape = _declared_image_shape(classifier)
+    if shape is None or None in shape:
         raise ValueError(
             f"classifier {classifier.name}: needs a declared (H, W, C) image input (e.g. keras.Input((28, 28, 1))), "
             f"has {shape}"
         )
-    probe = np.random.default_rng(0).uniform(0.0, 1.0, (4, *shape[1:])).astype(np.float32)
+    probe = np.random.default_rng(0).uniform(0.0, 1.0, (4, *shape)).astype(np.float32)
     if outputs_probabilities(classifier(probe, training=False)):
         raise ValueError(
             f"classifier {classifier.name}: its outputs are probabilities (non-negative, rows summing to 1); "

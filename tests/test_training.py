@@ -266,11 +266,27 @@ def test_bad_batches_are_refused_when_the_step_is_traced(fashion_train):
         trainer = compiled(AdversarialTraining(c4(), attack, **params))
         with pytest.raises(ValueError, match=re.escape(message)):
             trainer.fit(images, labels, batch_size=128, epochs=1, verbose=0)
-    # (B, 1) labels and sample weights are taken
-    trainer = compiled(AdversarialTraining(c4(), "step_ll"))
-    weights = np.where(y == 0, 0.0, 1.0).astype(np.float32)
-    history = trainer.fit(x, y[:, None], sample_weight=weights, batch_size=128, epochs=2, shuffle=False, verbose=0)
-    assert history.history["loss"][1] < history.history["loss"][0]
+
+
+def test_column_labels_and_sample_weights_are_taken(fashion_train):
+    """(B, 1) labels train exactly as (B,) ones; sample weights multiply the mix's weights: all zero, one SGD
+    step changes nothing; zero for class 0, it is the step of the same batch whose class-0 examples count 0."""
+    x, y = fashion_train.images[:128], fashion_train.labels[:128]
+
+    def one_step(labels, sample_weight=None):
+        keras.utils.set_random_seed(0)
+        trainer = compiled(AdversarialTraining(c4(), "step_ll"), keras.optimizers.SGD(0.1))
+        start = weights_of(trainer.classifier)
+        trainer.fit(x, labels, sample_weight=sample_weight, batch_size=128, epochs=1, shuffle=False, verbose=0)
+        return start, weights_of(trainer.classifier)
+
+    start, plain = one_step(y)
+    for a, b in zip(plain, one_step(y[:, None])[1]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(start, one_step(y, np.zeros(128, np.float32))[1]):
+        np.testing.assert_array_equal(a, b)
+    weighted = one_step(y, np.where(y == 0, 0.0, 1.0).astype(np.float32))[1]
+    assert max(np.abs(a - b).max() for a, b in zip(plain, weighted)) > 1e-6  # class 0 no longer counts
 
 
 def test_a_classifier_with_probabilities_or_no_input_shape_is_refused():

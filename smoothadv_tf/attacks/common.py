@@ -212,10 +212,16 @@ def _check_layout(model, x) -> None:
         )
 
 
+def outputs_probabilities(outputs) -> bool:
+    """True for outputs that are non-negative with rows summing to 1: probabilities, not logits."""
+    outputs = np.asarray(outputs, np.float64)
+    return outputs.size > 0 and outputs.min() >= 0 and bool(np.allclose(outputs.sum(-1), 1.0, atol=1e-3))
+
+
 def _warn_if_probabilities(model, logits: np.ndarray) -> None:
-    """Once per model: outputs that are non-negative with rows summing to 1 are probabilities, and the margin
-    loss of eq. (3) on them is weaker than on logits (e.g. C&W's margin m = 1 cannot be met)."""
-    if logits.size == 0 or logits.min() < 0 or not np.allclose(logits.sum(-1), 1.0, atol=1e-3):
+    """Once per model: outputs that are probabilities (:func:`outputs_probabilities`) make the margin loss of
+    eq. (3) weaker than on logits (e.g. C&W's margin m = 1 cannot be met)."""
+    if not outputs_probabilities(logits):
         return
     try:
         if model in _WARNED:

@@ -86,12 +86,16 @@ def train_c4(
         "seed": seed,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
-        "data": hashlib.sha256(
+        "data": hashlib.sha256(  # the labels and a sample of the images
             train_labels.tobytes() + train_images[:: max(1, len(train_images) // 64)].tobytes()
         ).hexdigest()[:16],
     }
+
+    def in_scope():  # the strategy's devices, where the model and the optimizer state are made
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
     keras.utils.set_random_seed(seed)
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+    with in_scope():
         model = c4(int(train_labels.max()) + 1, train_images.shape[1:])
         trainer = model  # clean: Keras's own train step
         if train_attack is not None:
@@ -106,7 +110,7 @@ def train_c4(
     orders = [rng.permutation(len(train_images))[: steps * batch_size] for _ in range(epochs)]
     first = 0
     if resume_dir:
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        with in_scope():
             first = _resume(trainer, resume_dir, train_images.shape[1:], settings, steps)
     if first >= epochs:
         return model

@@ -376,11 +376,12 @@ class RunConfig:
             self.model, self.checkpoint, "--train_attack" if self.train_attack is not None else "--train_params"
         )
         attack = self.train_attack or DEFAULT_TRAIN_ATTACK
+        if attack not in presets.TRAIN_ATTACKS:
+            raise ConfigError(f"--train_attack={attack}: expected one of {list(presets.TRAIN_ATTACKS)}")
         try:
             presets.training_params(attack, self.dataset, **self.train_params)
         except ValueError as e:
-            flag = "--train_attack" if str(e).startswith("train_attack=" + repr(attack)) else "--train_params"
-            raise ConfigError(f"{flag}: {e}") from None
+            raise ConfigError(f"--train_params: {e}") from None
 
     # ------------------------------------------------------------------------------------ derived values
     @property

@@ -72,6 +72,10 @@ def test_the_experiments_take_the_training_attack_into_cache_and_identity():
     assert config.training["params"]["epsilon"] == 1.5  # the rest from the Fashion-MNIST preset
     assert RunConfig(model="c4_adv").training["attack"] == "step_ll"
     assert RunConfig(model="c4").training is None
+    from smoothadv_tf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--train_attack=pgd: expected one of \['step_ll'"):
+        RunConfig(model="c4_adv", train_attack="pgd", train_params={"epsilon": 2.0})
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,12 @@ LAYERS = [
     {"devices", "layers", "magnify", "attacks.common", "attacks.latent"},
     {"attacks.gradient", "attacks.optimality", "attacks.minimum_norm"},
     {"attacks", "training"},  # a package's __init__ sits above the modules it gathers; training runs their loops
+    {"integrations.common"},
+    {"integrations", "integrations.art", "integrations.foolbox"},  # the toolboxes' attacks run the library's
     {"models.wrap", "models.applications", "models.c4", "models.slim"},
     {"models", "models.loading"},
     {"records", "statistics"},
+    {"tensorboard_log"},
     {"report"},
     {"runner"},
     {"evaluation", "cli"},

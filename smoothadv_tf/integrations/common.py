@@ -1,0 +1,55 @@
+"""What the toolbox integrations share: the optional import, the model seen on [0, 1] images, the parameters."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+from smoothadv_tf import presets
+
+
+def require(module: str, extra: str, package: str):
+    """Import `module` (a toolbox), or raise one ImportError naming the ``pip install`` that provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"smoothadv_tf.integrations.{extra} needs {package} ({module} does not import: {e}); "
+            f"install it with: pip install 'smoothadv_tf[{extra}]'"
+        ) from None
+
+
+def unit_interval_model(model, lower: float = 0.0, upper: float = 1.0, mean=0.0, std=1.0):
+    """A callable mapping [0, 1] NHWC images to `model`'s logits, for a model that takes images in
+    [lower, upper] (a toolbox's bounds or clip values) standardised as (x - mean) / std (its preprocessing;
+    `mean` and `std` broadcast over the channel axis). The library's attacks work on [0, 1] images with L2
+    distortion on that scale (eq. 20), so a toolbox's image x is attacked as (x - lower) / (upper - lower).
+
+    Make it once per model: the attacks cache their traced loops per callable, and a new one traces again."""
+    import keras
+    import tensorflow as tf
+
+    if not (np.isfinite(lower) and np.isfinite(upper) and upper > lower):
+        raise ValueError(f"bounds ({lower}, {upper}): expected finite lower < upper")
+    std_array = np.asarray(std, np.float32)
+    if np.any(std_array <= 0):
+        raise ValueError(f"preprocessing std={std}: expected positive values")
+    scale, shift = np.float32(upper - lower), np.float32(lower)
+    mean_t, std_t = tf.constant(np.asarray(mean, np.float32)), tf.constant(std_array)
+    call_model = (lambda x: model(x, training=False)) if isinstance(model, keras.Model) else model
+
+    def logits(x):
+        return call_model((tf.cast(x, tf.float32) * scale + shift - mean_t) / std_t)
+
+    logits.inner = model  # the attacks read a wrapped model's declared input shape from .inner (NCHW check)
+    return logits
+
+
+def attack_parameters(attack: str, preset: str = "mnist", protocol: str = presets.DEFAULT_PROTOCOL, **params) -> dict:
+    """The library's parameters of `attack` (one of :data:`smoothadv_tf.presets.ATTACK_NAMES`): the
+    ``preset`` ("mnist" or "imagenet", §5.2) under ``protocol`` ("paper" or "strong"), `params` over them,
+    checked (:func:`smoothadv_tf.presets.check_params`: one ValueError naming the option)."""
+    chosen = presets.preset(preset, attack, protocol, **params)
+    presets.check_params(attack, chosen)
+    return chosen

@@ -25,8 +25,9 @@ def main(_):
     records, out_dir = runner.run(config, "adversarial_training", model, dataset)
     if records is not None:
         title = f"Adversarially trained: {config.dataset} / {config.model}, {config.protocol} protocol"
-        print(report.report(records, out_dir, title))
+        print(report.report(records, out_dir, title, tensorboard_dir=config.tensorboard_path(out_dir)))
         print(f"results in {out_dir}")
+        experiment.print_tensorboard_hint(config, out_dir)
 
 
 if __name__ == "__main__":

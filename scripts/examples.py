@@ -5,7 +5,8 @@ adversarial, and the perturbation scaled per channel to [0, 1]; titles in green 
 
 The adversarial images are recomputed with the parameters the run recorded in its run.json (the attacks are
 deterministic), on the model and images the run attacked (checked against its weights and data hashes), so the
-figure shows what the table counted. --protocol picks the run (default: paper).
+figure shows what the table counted. --protocol picks the run (default: paper). The figure also goes to the
+run's TensorBoard folder (tb/examples; --notensorboard: not).
 """
 
 import os
@@ -38,6 +39,8 @@ def strongest(recorded, attack):
 
 def main(_):
     config = experiment.config_from_flags()
+    if config.trace_iterations:
+        raise app.UsageError("--trace_iterations: not used here (one image per attack; trace with white_box.py)")
     out_dir = config.output_path("white_box")
     path = os.path.join(out_dir, "records.jsonl")
     if not os.path.exists(path):
@@ -93,6 +96,11 @@ def main(_):
     fig.savefig(target_path + ".tmp.png", dpi=110)
     os.replace(target_path + ".tmp.png", target_path)
     print(f"wrote {target_path}")
+    logdir = config.tensorboard_path(out_dir)
+    if logdir is not None:
+        from smoothadv_tf import tensorboard_log
+
+        print(f"and {tensorboard_log.write_points(logdir, 'examples', figures={'examples': target_path})}")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from absl import app, flags
 
 from smoothadv_tf import report
 from smoothadv_tf.cli import run_script
-from smoothadv_tf.config import DISTORTION_TARGETING
+from smoothadv_tf.config import DISTORTION_TARGETING, check_writable
 from smoothadv_tf.records import (
     RecordsError,
     atomic_write,
@@ -41,9 +41,16 @@ from smoothadv_tf.records import (
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", None, "an experiment folder holding records-shard*.jsonl", required=True)
+flags.DEFINE_boolean("tensorboard", True, "write the merged summary's TensorBoard events (<results_dir>/tb/summary)")
+flags.DEFINE_string("tensorboard_dir", None, "write the TensorBoard events here instead of <results_dir>/tb")
 
 
 def main(_):
+    if FLAGS.tensorboard_dir is not None:
+        if not FLAGS.tensorboard:
+            raise app.UsageError("--tensorboard_dir: TensorBoard output, but --notensorboard is given")
+        check_writable("--tensorboard_dir", FLAGS.tensorboard_dir)
+    tensorboard_dir = (FLAGS.tensorboard_dir or os.path.join(FLAGS.results_dir, "tb")) if FLAGS.tensorboard else None
     paths = sorted(glob.glob(os.path.join(FLAGS.results_dir, "records-shard*.jsonl")))
     target = os.path.join(FLAGS.results_dir, "records.jsonl")
     if not paths and not os.path.exists(target):
@@ -79,7 +86,9 @@ def main(_):
     judges = sorted({r.get("evaluated_on", "self") for r in merged})
     for judge in judges:
         suffix = "" if judge == "self" else judge
-        print(report.report(merged, FLAGS.results_dir, f"{FLAGS.results_dir} ({judge})", judge, suffix))
+        print(
+            report.report(merged, FLAGS.results_dir, f"{FLAGS.results_dir} ({judge})", judge, suffix, tensorboard_dir)
+        )
     added = len(merged) - len(existing)
     if not paths:
         print(f"no shard files: nothing to merge; {len(merged)} records in {target}")

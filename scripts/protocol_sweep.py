@@ -5,8 +5,8 @@ with the strong protocol's best-iterate rule at 1 and at N binary-search steps.
 
     python scripts/protocol_sweep.py --dataset=fashion_mnist --model=c4 --num_images=500
 
-Writes protocol_sweep.json and protocol_sweep.png under <output_dir>/protocol_sweep/<dataset>-<model>/ and
-prints the table. Only images the model classifies correctly count; D̄ is over each attack's successes, P_suc
+Writes protocol_sweep.json and protocol_sweep.png under <output_dir>/protocol_sweep/<dataset>-<model>/ (and
+both to TensorBoard, tb/protocol_sweep, unless --notensorboard) and prints the table. Only images the model classifies correctly count; D̄ is over each attack's successes, P_suc
 over all counted images (§5.1); the best iterate follows each protocol's rule (margin-judged for the paper's,
 8-bit misclassification for the strong one).
 """
@@ -39,9 +39,13 @@ def main(_):
         raise app.UsageError(
             f"--attack_params: {', '.join(swept)}: the sweep sets it (--max_binary_steps, --iteration_counts)"
         )
-    ignored = [f"--{name}" for name in ("protocol", "num_shards", "shard_index") if FLAGS[name].present]
+    ignored = [
+        f"--{name}" for name in ("protocol", "num_shards", "shard_index", "trace_iterations") if FLAGS[name].present
+    ]
     if ignored:
-        raise app.UsageError(f"{', '.join(ignored)}: not used here (the sweep runs both protocols' rules, unsharded)")
+        raise app.UsageError(
+            f"{', '.join(ignored)}: not used here (the sweep runs both protocols' rules, unsharded, untraced)"
+        )
     try:
         iteration_counts = [int(v) for v in FLAGS.iteration_counts]
     except ValueError as e:
@@ -143,6 +147,16 @@ def main(_):
     fig.savefig(path + ".tmp.png", dpi=110)
     os.replace(path + ".tmp.png", path)
     print(f"wrote {out_dir}/protocol_sweep.json and protocol_sweep.png")
+    logdir = config.tensorboard_path(out_dir)
+    if logdir is not None:
+        from smoothadv_tf import tensorboard_log
+
+        points = [
+            (f"{stat}_by_{r['sweep']}/{r['attack']}_{r['best_iterate']}", r["value"], r[stat])
+            for r in rows
+            for stat in ("mean_distortion", "p_suc")
+        ]
+        print(f"and {tensorboard_log.write_points(logdir, 'protocol_sweep', points, {'protocol_sweep': path})}")
 
 
 if __name__ == "__main__":

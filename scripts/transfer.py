@@ -63,8 +63,9 @@ def main(_):
     if outcomes is not None:
         for name in judges:
             title = f"Transfer {config.model} -> {name}, {config.protocol} protocol"
-            print(report.report(outcomes, out_dir, title, name, suffix=name))
+            print(report.report(outcomes, out_dir, title, name, name, config.tensorboard_path(out_dir)))
         print(f"results in {out_dir}")
+        experiment.print_tensorboard_hint(config, out_dir)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ def main(_):
     records, out_dir = runner.run(config, "white_box", model, dataset, save_images=FLAGS.save_images)
     if records is not None:
         title = f"White box: {config.dataset} / {config.model}, {config.protocol} protocol"
-        print(report.report(records, out_dir, title))
+        print(report.report(records, out_dir, title, tensorboard_dir=config.tensorboard_path(out_dir)))
         print(f"Protocol: {presets.PROTOCOL_DESCRIPTIONS[config.protocol]}.")
         print(f"results in {out_dir}")
+        experiment.print_tensorboard_hint(config, out_dir)
 
 
 if __name__ == "__main__":

@@ -300,6 +300,9 @@ class RunConfig:
     attack_params: Mapping = dataclasses.field(default_factory=dict)
     train_attack: str | None = None
     train_params: Mapping = dataclasses.field(default_factory=dict)
+    tensorboard: bool = True
+    tensorboard_dir: str | None = None
+    trace_iterations: bool = False
 
     def __post_init__(self):
         # frozen: normalised once, here (lists or one name for the tuples; a read-only copy of the overrides,
@@ -354,6 +357,7 @@ class RunConfig:
         if self.dataset in ("nips17", "folder") and self.data_dir is None:
             raise ConfigError(f"--dataset={self.dataset} needs --data_dir")
         self._check_training()
+        self._check_tensorboard()
         check_writable("--output_dir", self.output_dir)
         check_c4_file("--checkpoint", self.checkpoint, self.model)
         kind, _, name = self.model.partition(":")
@@ -382,6 +386,26 @@ class RunConfig:
             presets.training_params(attack, self.dataset, **self.train_params)
         except ValueError as e:
             raise ConfigError(f"--train_params: {e}") from None
+
+    def _check_tensorboard(self) -> None:
+        """--tensorboard / --tensorboard_dir / --trace_iterations: booleans, a folder that can be written, and
+        nothing asked of TensorBoard events that --notensorboard would then not write."""
+        for name in ("tensorboard", "trace_iterations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"--{name}={getattr(self, name)!r}: expected True or False")
+        if not self.tensorboard:
+            asked = [f"--{n}" for n in ("tensorboard_dir", "trace_iterations") if getattr(self, n)]
+            if asked:
+                raise ConfigError(f"{', '.join(asked)}: TensorBoard output, but --notensorboard is given")
+        if self.tensorboard_dir is not None:
+            if os.path.exists(self.tensorboard_dir) and not os.path.isdir(self.tensorboard_dir):
+                raise ConfigError(f"--tensorboard_dir={self.tensorboard_dir}: exists and is not a directory")
+            check_writable("--tensorboard_dir", self.tensorboard_dir)
+        if self.trace_iterations and not set(self.attacks) & set(presets.TRACEABLE_ATTACKS):
+            raise ConfigError(
+                f"--trace_iterations: none of --attacks={','.join(self.attacks)} is traced per iteration "
+                f"(those that are: {', '.join(presets.TRACEABLE_ATTACKS)})"
+            )
 
     # ------------------------------------------------------------------------------------ derived values
     @property
@@ -413,6 +437,13 @@ class RunConfig:
     def output_path(self, experiment: str) -> str:
         """``<output_dir>/<experiment>/<dataset>-<model tag>/<protocol>``: the folder of this run."""
         return output_path(self.output_dir, experiment, self.dataset, self.model, self.protocol)
+
+    def tensorboard_path(self, out_dir: str) -> str | None:
+        """Where the run in `out_dir` writes its TensorBoard events (:mod:`smoothadv_tf.tensorboard_log`):
+        --tensorboard_dir, else ``<out_dir>/tb``; None with --notensorboard."""
+        if not self.tensorboard:
+            return None
+        return self.tensorboard_dir if self.tensorboard_dir is not None else os.path.join(out_dir, "tb")
 
     def records_path(self, out_dir: str) -> str:
         """This process's records file in `out_dir`: records.jsonl, or its shard's file."""

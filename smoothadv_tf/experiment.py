@@ -140,6 +140,19 @@ def define_common_flags(default_attacks=presets.PAPER_ATTACKS, default_num_image
         "devices (to try the multi-device path without GPUs)",
     )
     flags.register_validator("devices", _check_devices_flag)
+    flags.DEFINE_boolean(
+        "tensorboard",
+        True,
+        "write TensorBoard event files into the run folder's tb/ (summary scalars and the operating "
+        "characteristic, a few adversarial / perturbation / magnified images); --notensorboard skips them",
+    )
+    flags.DEFINE_string("tensorboard_dir", None, "write the TensorBoard event files here instead of <run folder>/tb")
+    flags.DEFINE_boolean(
+        "trace_iterations",
+        False,
+        "also record C&W / sC&W / DDN / sDDN / FMN / sFMN's batch-mean loss, distortion and share adversarial at "
+        "every iteration of the first batch (TensorBoard: tb/trace/<attack>)",
+    )
     flags.DEFINE_list(
         "attack_params",
         [],
@@ -180,7 +193,17 @@ def config_from_flags() -> RunConfig:
         train_params=config_lib.parse_train_params(
             FLAGS.train_params, FLAGS.train_attack or config_lib.DEFAULT_TRAIN_ATTACK
         ),
+        tensorboard=FLAGS.tensorboard,
+        tensorboard_dir=FLAGS.tensorboard_dir,
+        trace_iterations=FLAGS.trace_iterations,
     )
+
+
+def print_tensorboard_hint(config: RunConfig, out_dir: str) -> None:
+    """Say where the run's TensorBoard events are and how to look at them (nothing with --notensorboard)."""
+    path = config.tensorboard_path(out_dir)
+    if path is not None:
+        print(f"TensorBoard events in {path}: tensorboard --logdir {path} (pip install 'smoothadv_tf[tensorboard]')")
 
 
 def validate_common_flags() -> RunConfig:

@@ -170,6 +170,9 @@ PROTOCOL_DESCRIPTIONS = {
     "keeping the least-distortion 8-bit misclassified iterate",
 }
 OPTIMALITY_ATTACKS = ("carlini_wagner_l2", "smooth_carlini_wagner_l2")
+# The minimisation attacks whose per-iteration loss, distortion and share adversarial can be recorded
+# (attacks.record_iterations; the scripts' --trace_iterations).
+TRACEABLE_ATTACKS = OPTIMALITY_ATTACKS + ("ddn", "smooth_ddn", "fmn", "smooth_fmn")
 
 
 def smoothing_applications(attack: str, params: dict) -> int:

@@ -20,20 +20,34 @@ from smoothadv_tf.records import atomic_write, read_records
 from smoothadv_tf.statistics import PERCEPTIBILITY, operating_characteristic, per_image_outcomes, summarize
 
 
-def report(records, out_dir: str, title: str, evaluated_on: str = "self", suffix: str = "") -> str:
-    """Write the tables and the operating characteristic; return the markdown table. Records of fewer images
-    than the folder holds (a smaller rerun, :func:`smoothadv_tf.runner.records_of`) get theirs under ``first<N>/``: the folder's own
-    tables, over all its images, are left as they were."""
+def report(
+    records,
+    out_dir: str,
+    title: str,
+    evaluated_on: str = "self",
+    suffix: str = "",
+    tensorboard_dir: str | None = None,
+) -> str:
+    """Write the tables and the operating characteristic, and with `tensorboard_dir` their TensorBoard
+    summary (:func:`smoothadv_tf.tensorboard_log.write_summary`: ``summary/``, ``summary_<suffix>/``);
+    return the markdown table. Records of fewer images than the folder holds (a smaller rerun,
+    :func:`smoothadv_tf.runner.records_of`) get theirs under ``first<N>/`` (in the TensorBoard folder too):
+    the folder's own tables, over all its images, are left as they were."""
     summary = summarize(records, evaluated_on)
     asked = {r["image_id"] for r in records}
     path = os.path.join(out_dir, "records.jsonl")
     if os.path.exists(path) and {r["image_id"] for r in read_records(path)} - asked:
         out_dir = subset_dir(out_dir, len(asked))
+        if tensorboard_dir is not None:
+            tensorboard_dir = subset_dir(tensorboard_dir, len(asked))
     target_dir = os.path.join(out_dir, suffix) if suffix else out_dir
     table = write_summary(summary, target_dir, title)
-    plot_operating_characteristic(
-        records, os.path.join(target_dir, "operating_characteristic.png"), evaluated_on, title
-    )
+    plot = os.path.join(target_dir, "operating_characteristic.png")
+    plot_operating_characteristic(records, plot, evaluated_on, title)
+    if tensorboard_dir is not None:
+        from smoothadv_tf.tensorboard_log import write_summary as write_events
+
+        write_events(tensorboard_dir, records, summary, plot, f"summary_{suffix}" if suffix else "summary")
     logging.info("wrote %s", target_dir)
     return table
 

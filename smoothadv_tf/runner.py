@@ -196,6 +196,9 @@ def run(
             protocol=config.protocol,
             run_id=rid,
             strategy=placement(config)[1],
+            # one shard's first batch, shard 0's, gives the examples and traces (no point written twice)
+            tensorboard_dir=config.tensorboard_path(out_dir) if config.shard_index == 0 else None,
+            trace_iterations=config.trace_iterations,
         )
         if config.num_shards > 1 and not os.path.exists(store.path):  # a shard given no images (more shards
             open(store.path, "a").close()  # than images) ran all the same: its empty file says so to the merge
@@ -237,6 +240,8 @@ def run_experiment(
     protocol: str = presets.DEFAULT_PROTOCOL,
     run_id: str | None = None,
     strategy=None,
+    tensorboard_dir: str | None = None,
+    trace_iterations: bool = False,
 ) -> None:
     """Attack `model` on dataset[indices] under `protocol` and append per-image records to `store`.
 
@@ -246,6 +251,12 @@ def run_experiment(
     :func:`smoothadv_tf.records.run_identity`), so records of different runs can always be told apart.
     With a ``tf.distribute`` `strategy` (build the models in its scope), every attack batch is split across
     its replicas; the records are the same as on one device.
+
+    With `tensorboard_dir`, the first batch of `indices`, when this call attacks all of it, also gives each
+    attack's example images (of its last run) and, with `trace_iterations`, the per-iteration curves of the
+    attacks in :data:`~smoothadv_tf.presets.TRACEABLE_ATTACKS` (:mod:`smoothadv_tf.tensorboard_log`); a
+    batch recorded before (a resume) is not attacked again, so it writes nothing twice. They are written
+    before the batch's records: a run killed in between rewrites them, whole, when it attacks the batch again.
     """
     with strategy_scope(strategy):  # every attack loop then runs per replica
         from tqdm import tqdm
@@ -261,6 +272,7 @@ def run_experiment(
 
         from smoothadv_tf import attacks as attacks_lib  # TensorFlow: imported when attacks run, not to read records
         from smoothadv_tf import perceptibility
+        from smoothadv_tf import tensorboard_log as tb
         from smoothadv_tf.smoothing import smoothness
 
         judges = evaluate_on or {"self": model}
@@ -307,15 +319,23 @@ def run_experiment(
             store.append(clean)  # the clean records of a batch first: shard_coverage_problem relies on it
             if save_images_dir:
                 save_pngs(save_images_dir, "original", None, ids, x)
-            for attack, params in runs:
+            for n, (attack, params) in enumerate(runs):
                 target = params.get("epsilon") if attack in DISTORTION_TARGETING else None
                 todo = [k for k, i in enumerate(ids) if any(not store.has((j, i, attack, target)) for j in judges)]
                 bar.update(len(ids) - len(todo))
                 if not todo:
                     continue
+                # TensorBoard's images and traces come from the whole first batch, attacked here and now
+                logged = tensorboard_dir is not None and start == 0 and len(todo) == len(ids)
+                tracing = logged and trace_iterations and attack in presets.TRACEABLE_ATTACKS
                 started = time.perf_counter()
-                result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)  # numpy: finished
+                with attacks_lib.record_iterations() if tracing else contextlib.nullcontext() as traces:
+                    result = attacks_lib.run_attack(attack, model, x[todo], y[todo], **params)  # numpy: finished
                 seconds = (time.perf_counter() - started) / len(todo)
+                if logged and all(a != attack for a, _ in runs[n + 1 :]):  # the attack's last run (largest ε)
+                    tb.write_examples(tensorboard_dir, attack, result)
+                if tracing:
+                    tb.write_trace(tensorboard_dir, traces[0])
                 # perceptibility of the judged (quantised) image against the image the attack started from and
                 # measured D from (x rounded to 8 bits when quantising), as D
                 original = result.original

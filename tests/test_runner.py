@@ -175,6 +175,21 @@ def test_run_config_refuses_what_the_flags_refuse_with_the_flag_name(tmp_path):
     for bad in ({"batch_size": True}, {"shard_index": -1}, {"memory_budget_gb": "1"}, {"num_images": 2.5}):
         with pytest.raises(ConfigError, match=f"--{next(iter(bad))}="):
             RunConfig(output_dir=str(tmp_path), **bad)
+    with pytest.raises(
+        ConfigError, match="--tensorboard_dir, --trace_iterations: TensorBoard output, but --notensorboard"
+    ):
+        RunConfig(tensorboard=False, tensorboard_dir=str(tmp_path), trace_iterations=True, output_dir=str(tmp_path))
+    with pytest.raises(
+        ConfigError, match=r"--trace_iterations: none of --attacks=fgsm,pgd2 is traced .*carlini_wagner_l2"
+    ):
+        RunConfig(attacks=("fgsm", "pgd2"), trace_iterations=True, output_dir=str(tmp_path))
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ConfigError, match="--tensorboard_dir=.*a_file: exists and is not a directory"):
+        RunConfig(tensorboard_dir=str(tmp_path / "a_file"), output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="--trace_iterations='yes': expected True or False"):
+        RunConfig(trace_iterations="yes", output_dir=str(tmp_path))
+    assert RunConfig(output_dir=str(tmp_path)).tensorboard_path("run") == os.path.join("run", "tb")
+    assert RunConfig(tensorboard=False, output_dir=str(tmp_path)).tensorboard_path("run") is None
     assert RunConfig(devices="CPU:0", output_dir=str(tmp_path)).devices == ("CPU:0",)
     assert config.replace(num_images=3).num_images == 3
 
@@ -220,14 +235,30 @@ def test_every_common_flag_reaches_the_run_config(tmp_path):
         "c4_epochs": 2,
         "devices": ["CPU:0"],
         "attack_params": {"iterations": 4, "alpha": 0.9},
+        "tensorboard_dir": str(tmp_path / "tb"),
+        "trace_iterations": True,
     }
     # the training flags apply to a C4 trained here, so not with --checkpoint: a second run sets them
     training = {"model": "c4_adv", "train_attack": "smooth_pgd2", "train_params": {"iterations": 3, "alpha": 0.9}}
     for flags_given, expected in [
-        (given, {**given, "train_attack": None, "train_params": {}}),
+        (given, {**given, "train_attack": None, "train_params": {}, "tensorboard": True}),
         (
             {**{k: v for k, v in given.items() if k != "checkpoint"}, **training},
-            {**given, "checkpoint": None, **training},
+            {**given, "checkpoint": None, **training, "tensorboard": True},
+        ),
+        (
+            {
+                **{k: v for k, v in given.items() if k not in ("tensorboard_dir", "trace_iterations")},
+                "tensorboard": False,
+            },
+            {
+                **given,
+                "train_attack": None,
+                "train_params": {},
+                "tensorboard": False,
+                "tensorboard_dir": None,
+                "trace_iterations": False,
+            },
         ),
     ]:
         argv = [

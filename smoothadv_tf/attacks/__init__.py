@@ -24,7 +24,9 @@ Modules, one per family:
   the latent z — each plain and smooth (r = ŝ_α(z), the constraint met exactly by rescaling z).
 - :mod:`.latent` (eq. 9, 17, 19): :class:`SmoothLatent`, the public building block z ↦ r = ŝ_α(z) with exact
   per-image L2 budgets on r by rescaling z; the smooth attacks are built on it, and so can a user's own.
-Each loop runs in one `tf.function` (binary search included): no host round trip per step.
+Each loop runs in one `tf.function` (binary search included): no host round trip per step. Inside
+:func:`record_iterations`, the minimisation attacks (C&W, sC&W, DDN, FMN and their smooth twins) also return
+their batch-mean loss, distortion and share adversarial at every iteration (:class:`IterationTrace`).
 
 Protocols (:data:`PROTOCOLS`, used by :func:`preset`): ``paper`` is what the authors' code ran (cleverhans'
 ``CarliniWagnerL2`` with one binary-search step of 100 iterations at the §5.2 constant, best iterate judged with
@@ -37,7 +39,9 @@ from __future__ import annotations
 from smoothadv_tf.attacks.common import (  # noqa: F401 - the package's names, private ones used by tests
     _COMPILED,
     _PINNED,
+    TRACED_FIELDS,
     AttackResult,
+    IterationTrace,
     ProbabilityOutputWarning,
     _check_inputs,
     _compiled,
@@ -56,6 +60,8 @@ from smoothadv_tf.attacks.common import (  # noqa: F401 - the package's names, p
     margin_loss,
     meets_margin,
     quantize,
+    record_iterations,
+    recording_iterations,
 )
 from smoothadv_tf.attacks.gradient import _gradient_attack, fgsm, ifgsm, pgd2, smooth_pgd2  # noqa: F401
 from smoothadv_tf.attacks.latent import SmoothLatent  # noqa: F401

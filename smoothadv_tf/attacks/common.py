@@ -22,6 +22,8 @@ minimum-norm): each defines only its cache key, its traced loop and its run-time
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import warnings
@@ -279,6 +281,94 @@ def _finish(model, x, y, target, x_adv, iterations, originally_correct, quantize
     )
 
 
+# ------------------------------------------------------------------------------- per-iteration traces
+TRACED_FIELDS = ("loss", "distortion", "adversarial")
+
+
+@dataclass
+class IterationTrace:
+    """What an iterative attack's batch did at every iteration (:func:`record_iterations`): the means over
+    its attacked (originally correct) images of
+
+    - ``loss``: what the attack minimises — C&W / sC&W: ||r||² + c·ℓ (eq. 4 / 18; ||r|| + c·ℓ with
+      ``distortion_penalty="norm"``); DDN / sDDN: minus the cross-entropy (plus it, targeted); FMN / sFMN: the
+      margin of eq. (3) without its positive part, m = 0;
+    - ``distortion``: the L2 distance on [0, 1] pixels of the iterate to x_o (C&W: before quantisation; DDN /
+      FMN: of the 8-bit image they judge);
+    - ``adversarial``: the share of those images whose iterate passes the attack's own success test (C&W:
+      its ``best_iterate`` rule; DDN / FMN: the 8-bit image misclassified).
+
+    Entry k is iteration k of the whole run: for C&W, binary-search step k // ``iterations_per_step``,
+    iteration k % ``iterations_per_step`` (the iterate before the k-th Adam update, as the loop judges it).
+    Iterations no image reached (every image stopped) are left out: ``steps`` holds the k of each entry."""
+
+    attack: str
+    steps: np.ndarray  # (T,) int: the iteration index of each entry
+    loss: np.ndarray  # (T,)
+    distortion: np.ndarray  # (T,)
+    adversarial: np.ndarray  # (T,) in [0, 1]
+    iterations_per_step: int
+    images: int  # attacked images the means are over
+
+
+_RECORDING: contextvars.ContextVar = contextvars.ContextVar("smoothadv_tf_iteration_traces", default=None)
+
+
+@contextlib.contextmanager
+def record_iterations():
+    """Within this block, the iterative minimisation attacks (C&W, sC&W, DDN, sDDN, FMN, sFMN) record their
+    batch-mean loss, distortion and share adversarial at every iteration (:class:`IterationTrace`), appended
+    to the yielded list, one per attack call::
+
+        with attacks.record_iterations() as traces:
+            attacks.smooth_carlini_wagner_l2(model, x, y)
+        traces[0].loss  # (100,) under the paper protocol
+
+    The values are computed inside the traced loop and returned with its result (no host round trip per
+    iteration); the loop with the recording is traced apart from the usual one, which stays as it was
+    (scripts/bench_attacks.py --trace_cost measures both). The attack's results are the same either way."""
+    traces: list[IterationTrace] = []
+    token = _RECORDING.set(traces)
+    try:
+        yield traces
+    finally:
+        _RECORDING.reset(token)
+
+
+def recording_iterations() -> bool:
+    """True inside :func:`record_iterations`: the attack loops then trace the variant that records."""
+    return _RECORDING.get() is not None
+
+
+def _trace_steps(trace, position, loss, distortion, adversarial):
+    """Write one iteration's per-image values into the loop's (B, T, 3) trace at column `position`."""
+    values = tf.stack([loss, distortion, tf.cast(adversarial, tf.float32)], -1)  # (B, 3)
+    column = tf.equal(tf.range(tf.shape(trace)[1]), position)[None, :, None]
+    return tf.where(column, values[:, None, :], trace)
+
+
+def _empty_trace(batch_like, steps: int):
+    """The (B, steps, 3) trace a recording loop starts from: NaN where no iteration wrote."""
+    return tf.fill(tf.stack([tf.shape(batch_like)[0], steps, len(TRACED_FIELDS)]), np.float32(np.nan))
+
+
+def _keep_trace(attack: str, per_image: np.ndarray, attacked: np.ndarray, iterations_per_step: int) -> None:
+    """Average a loop's (B, T, 3) per-image trace over the attacked images; append it to the recording."""
+    rows = np.asarray(per_image, np.float64)[np.asarray(attacked, bool)]
+    with np.errstate(invalid="ignore"):  # all-NaN columns: iterations no image reached
+        means = np.nanmean(rows, axis=0) if len(rows) else np.full(per_image.shape[1:], np.nan)
+    reached = np.flatnonzero(np.all(np.isfinite(means), axis=-1))
+    _RECORDING.get().append(
+        IterationTrace(
+            attack=attack,
+            steps=reached,
+            **{name: means[reached, k] for k, name in enumerate(TRACED_FIELDS)},
+            iterations_per_step=iterations_per_step,
+            images=len(rows),
+        )
+    )
+
+
 # Traced attack loops: model -> {static configuration: _Traced}. Models are held weakly (a deleted model frees
 # its traced functions, which reach the model only through a weak reference); callables that cannot be
 # weakly referenced are kept, by id, until clear_compiled_cache().
@@ -404,7 +494,9 @@ def _run_attack_loop(
     the :class:`~smoothadv_tf.smoothing.SmoothingSetup` tensors of x_o (an empty tuple without smoothing), one
     float32 scalar tensor per entry of `scalars` (values that may change between calls without a retrace,
     e.g. ε); it returns the images to judge and the gradient steps spent on each. Everything else the loop
-    depends on must be in `key`, which also says whether it is targeted and quantised."""
+    depends on must be in `key`, which also says whether it is targeted and quantised. A loop traced inside
+    :func:`record_iterations` returns a third output, its per-image (B, T, 3) trace, and its key ends with
+    ``("trace", attack name, iterations per binary-search step)``."""
     x, y, target, originally_correct = _prepare(model, x, y, target, quantize_output)
     traced = _compiled(model, key, build)
     goal = target if target is not None else y
@@ -413,7 +505,9 @@ def _run_attack_loop(
     if smoothing:
         options = {k: v for k, v in smoothing.items() if k != "gradient"}
         setup = setup_arrays(x, **options)
-    x_adv, used = _run_padded(traced, [x, goal, originally_correct], *scalars, setup=setup)
+    x_adv, used, *trace = _run_padded(traced, [x, goal, originally_correct], *scalars, setup=setup)
+    if trace:  # a loop traced inside record_iterations(): key ends with ("trace", attack, iterations per step)
+        _keep_trace(key[-1][1], trace[0].numpy(), originally_correct, key[-1][2])
     return _finish(model, x, y, target, x_adv, used.numpy(), originally_correct, quantize_output)
 
 

@@ -37,15 +37,18 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import (
     AttackResult,
+    _empty_trace,
     _per_image,
     _run_attack_loop,
     _smoothing_options,
+    _trace_steps,
     checked_attack,
     is_adversarial,
     l2_norm,
     logits_of,
     margin_loss,
     quantize,
+    recording_iterations,
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
 from smoothadv_tf.numerics import safe_div, safe_norm
@@ -53,6 +56,7 @@ from smoothadv_tf.presets import DIRECTIONS
 from smoothadv_tf.smoothing import Smoother
 
 RULES = ("ddn", "fmn", "pgd")
+_PLAIN_NAMES = {"ddn": "ddn", "fmn": "fmn", "pgd": "pgd2_latent"}  # the attack each rule runs (smooth_ prefixed)
 
 
 def _rescaling_attack(
@@ -85,6 +89,7 @@ def _rescaling_attack(
         direction=direction,
         targeted=target is not None,
         quantize_output=quantize_output,
+        trace=recording_iterations(),
     )
     return _run_attack_loop(
         model, x, y, target, quantize_output, key, build, epsilon, max_step, min_step, smoothing=smoothing
@@ -92,11 +97,12 @@ def _rescaling_attack(
 
 
 def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="latent", targeted=False,
-                   quantize_output=True, early_stop=True):  # fmt: skip
+                   quantize_output=True, early_stop=True, trace=False):  # fmt: skip
     """The loop of :func:`_rescaling_attack` as ``(key, build)`` (see
     :func:`~smoothadv_tf.attacks.common._run_attack_loop`; adversarial training calls ``build`` itself).
     Scalars at run time: ε, the first and the last step size. ``early_stop=False`` (``"pgd"`` only, for
-    training): every image takes all `iterations` steps and the last iterate is returned."""
+    training): every image takes all `iterations` steps and the last iterate is returned. ``trace=True``: the
+    loop also returns its per-image trace (:func:`~smoothadv_tf.attacks.common.record_iterations`)."""
     if rule not in RULES:
         raise ValueError(f"rule={rule!r}: expected one of {RULES}")
     if direction not in DIRECTIONS:
@@ -107,6 +113,8 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
     key += (on_image, bool(early_stop))
     stops = rule != "pgd" or early_stop  # "pgd" without early stop runs every step and returns the last
     evaluations = iterations + 1 if rule == "pgd" else iterations  # PGD judges the result of its last step too
+    if trace:
+        key += (("trace", ("smooth_" if smoothing else "") + _PLAIN_NAMES[rule], int(evaluations)),)
 
     def build(get_model):
         @tf.function
@@ -122,7 +130,7 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
                     return -ce if targeted else ce
                 return -margin_loss(logits, goal, 0.0, targeted, positive_part=False)  # eq. (3), m = 0
 
-            def body(k, v, eps, pending, best_x, best_d, last_x, found, done, used):
+            def body(k, v, eps, pending, best_x, best_d, last_x, found, done, used, recorded):
                 progress = tf.cast(k, tf.float32) / iterations
                 cosine = (1.0 + tf.cos(math.pi * progress)) / 2.0
                 step = min_step + (max_step - min_step) * cosine
@@ -136,7 +144,8 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
                     scale = safe_div(radius, raw_norm, otherwise=1.0)  # r = 0: nothing to scale yet
                     image = tf.clip_by_value(x_o + raw * _per_image(scale), 0.0, 1.0)
                     logits = logits_of(model, image)
-                    total = tf.reduce_sum(objective(logits))
+                    gained = objective(logits)
+                    total = tf.reduce_sum(gained)
                 # the plain step follows the image gradient (as foolbox's); the smooth one the latent's (eq. 19)
                 # or, direction="image", the image gradient too: r then moves along ŝ_α of it
                 grad = tape.gradient(total, image if on_image else v)
@@ -151,6 +160,8 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
                 best_d = tf.where(better, distortion, best_d)
                 last_x = tf.where(_per_image(done), last_x, image)
                 found = found | adversarial
+                if trace:  # record_iterations: what the step descends, -objective
+                    recorded = _trace_steps(recorded, k, -gained, distortion, adversarial)
                 if rule == "ddn":  # ε ← ε(1 - γ) after an adversarial iterate, ε(1 + γ) otherwise
                     new_eps = eps * tf.where(adversarial, 1.0 - gamma, 1.0 + gamma)
                 elif rule == "fmn":  # γ anneals to 0.001; no ball before the first success (see fmn())
@@ -175,7 +186,7 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
                 v = tf.where(_per_image(freeze), v, v_next)
                 eps = tf.where(freeze, eps, new_eps)
                 pending = tf.where(freeze, pending, pending_next)
-                return k + 1, v, eps, pending, best_x, best_d, last_x, found, freeze, used
+                return k + 1, v, eps, pending, best_x, best_d, last_x, found, freeze, used, recorded
 
             start = latent.zeros() if latent is not None else tf.zeros_like(x_o)
             state = (
@@ -189,13 +200,16 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
                 tf.zeros_like(originally_correct),
                 ~originally_correct,  # misclassified images are reported, not attacked
                 tf.zeros_like(goal),
+                _empty_trace(goal, evaluations) if trace else (),
             )
             state = tf.while_loop(lambda k, *rest: (k < evaluations) & ~tf.reduce_all(rest[7]), body, state)
-            _, _, _, _, best_x, _, last_x, found, _, used = state
+            _, _, _, _, best_x, _, last_x, found, _, used, recorded = state
             if not stops:
-                return last_x, used
-            failed = last_x if rule == "pgd" else x_o  # PGD returns where it stopped; DDN / FMN "fail": x_o
-            return tf.where(_per_image(found), best_x, failed), used
+                result = last_x
+            else:
+                failed = last_x if rule == "pgd" else x_o  # PGD returns where it stopped; DDN / FMN "fail": x_o
+                result = tf.where(_per_image(found), best_x, failed)
+            return (result, used, recorded) if trace else (result, used)
 
         return run
 

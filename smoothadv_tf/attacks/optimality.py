@@ -16,9 +16,11 @@ import tensorflow as tf
 
 from smoothadv_tf.attacks.common import (
     AttackResult,
+    _empty_trace,
     _per_image,
     _run_attack_loop,
     _smoothing_options,
+    _trace_steps,
     checked_attack,
     is_adversarial,
     l2_norm,
@@ -26,6 +28,7 @@ from smoothadv_tf.attacks.common import (
     margin_loss,
     meets_margin,
     quantize,
+    recording_iterations,
 )
 from smoothadv_tf.attacks.latent import SmoothLatent
 from smoothadv_tf.numerics import safe_norm
@@ -134,6 +137,9 @@ def _optimality_attack(
         adam_epsilon,
     )
     check_every = max(iterations // 10, 1)
+    tracing = recording_iterations()  # the variant that returns its per-iteration trace (record_iterations)
+    if tracing:
+        key += (("trace", "smooth_carlini_wagner_l2" if smoothing else "carlini_wagner_l2", int(iterations)),)
 
     def build(get_model):
         @tf.function
@@ -146,10 +152,10 @@ def _optimality_attack(
             ones = tf.ones_like(goal, dtype=tf.float32)  # per-image vectors keep goal's static shape
             inf = ones * np.inf
 
-            def one_search_step(c, best_x, best_d, used):
+            def one_search_step(step, c, best_x, best_d, used, trace):
                 """Adam from the start point for one value of c per image; returns who succeeded."""
 
-                def body(k, v, m, s, active, prev, succeeded, best_x, best_d, used):
+                def body(k, v, m, s, active, prev, succeeded, best_x, best_d, used, trace):
                     with tf.GradientTape(watch_accessed_variables=False) as tape:
                         tape.watch(v)
                         image, r = param.image_and_perturbation(v)
@@ -181,6 +187,8 @@ def _optimality_attack(
                     best_x = tf.where(_per_image(better), candidate, best_x)
                     best_d = tf.where(better, dist, best_d)
                     succeeded = succeeded | hit
+                    if tracing:
+                        trace = _trace_steps(trace, step * iterations + k, per_image, l2_norm(image - x_o), hit)
                     # Adam, frozen for inactive images.
                     t = tf.cast(k + 1, tf.float32)
                     m_new = beta1 * m + (1 - beta1) * grad
@@ -190,7 +198,7 @@ def _optimality_attack(
                     v = tf.where(on, v - update, v)
                     m, s = tf.where(on, m_new, m), tf.where(on, s_new, s)
                     used += tf.cast(active, tf.int64)
-                    return k + 1, v, m, s, active, prev, succeeded, best_x, best_d, used
+                    return k + 1, v, m, s, active, prev, succeeded, best_x, best_d, used, trace
 
                 zeros = tf.zeros_like(start)
                 state = (
@@ -204,17 +212,18 @@ def _optimality_attack(
                     best_x,
                     best_d,
                     used,
+                    trace,
                 )
                 state = tf.while_loop(lambda k, *rest: (k < iterations) & tf.reduce_any(rest[3]), body, state)
-                return state[6], state[7], state[8], state[9]
+                return state[6:]
 
-            def search(step, c, lower, upper, best_x, best_d, used):
-                succeeded, best_x, best_d, used = one_search_step(c, best_x, best_d, used)
+            def search(step, c, lower, upper, best_x, best_d, used, trace):
+                succeeded, best_x, best_d, used, trace = one_search_step(step, c, best_x, best_d, used, trace)
                 # Binary search on c = 1/λ per image (C&W): smaller after a success, larger after a failure.
                 upper = tf.where(succeeded, tf.minimum(upper, c), upper)
                 lower = tf.where(succeeded, lower, tf.maximum(lower, c))
                 c = tf.where(upper < LARGE, (lower + upper) / 2.0, c * 10.0)
-                return step + 1, c, lower, upper, best_x, best_d, used
+                return step + 1, c, lower, upper, best_x, best_d, used, trace
 
             c0 = ones * initial_const
             state = (
@@ -225,9 +234,11 @@ def _optimality_attack(
                 x_o,
                 inf,
                 tf.zeros_like(goal, tf.int64),
+                _empty_trace(goal, binary_search_steps * iterations) if tracing else (),
             )
             state = tf.while_loop(lambda step, *_: step < binary_search_steps, search, state)
-            return state[4], state[6]  # failures keep x_o: "if there is none, the attack fails"
+            # failures keep x_o: "if there is none, the attack fails"
+            return (state[4], state[6], state[7]) if tracing else (state[4], state[6])
 
         return run
 

@@ -1,9 +1,10 @@
 """Where the attacks run: the devices of one process (``tf.distribute``) and how many images fit on them.
 
 ``--devices`` names the devices (``GPU:0,GPU:1``; default: every visible GPU, else the CPU). Several devices
-run the attacks under a :class:`tf.distribute.MirroredStrategy`: each attack batch is split into one equal
-share per device and every attack loop (smoothing included) runs per replica inside ``strategy.run``
-(:mod:`smoothadv_tf.attacks`). Every image keeps its own state, so records do not depend on the device count.
+run the attacks under a :class:`tf.distribute.MirroredStrategy <tensorflow.distribute.MirroredStrategy>`:
+each attack batch is split into one equal share per device and every attack loop (smoothing included) runs
+per replica inside ``strategy.run`` (:mod:`smoothadv_tf.attacks`). Every image keeps its own state, so records
+do not depend on the device count.
 Naming CPU devices beyond ``CPU:0`` splits the CPU into that many logical devices — a way to exercise the
 multi-device path on a machine without GPUs (it does not add cores).
 

@@ -111,12 +111,14 @@ class BilateralFilter(keras.layers.Layer):
         self.radius = None if radius is None else int(radius)
 
     def call(self, x):
+        """The bilateral filter of the NHWC batch `x`, guided by `x` itself (:func:`bilateral_filter`)."""
         out = bilateral_filter(
             tf.cast(x, tf.float32), self.sigma_d, self.sigma_r, self.radius, range_mode=self.range_mode
         )
         return tf.cast(out, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
+        """The input's shape: filtering keeps the image size and channels."""
         return input_shape
 
     def get_config(self):

@@ -103,6 +103,7 @@ class LaplacianSmoothing(keras.layers.Layer):
             return smoother
 
     def call(self, inputs):
+        """ŝ_α(z) for ``inputs = [z, x_o]`` (eq. 9), with the graph and normaliser of guide x_o (:meth:`smoother`)."""
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
             raise ValueError("LaplacianSmoothing expects [z, x_o]")
         z, x_o = inputs
@@ -110,6 +111,7 @@ class LaplacianSmoothing(keras.layers.Layer):
         return tf.cast(out, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
+        """z's shape: ŝ_α smooths z, pixel by pixel and channel by channel."""
         return input_shape[0]
 
     def get_config(self):

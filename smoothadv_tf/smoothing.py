@@ -496,12 +496,15 @@ class SetupCache:
         return len(self._entries)
 
     def get(self, key):
+        """The arrays stored under `key` (now the most recently used), or None."""
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
         return entry
 
     def put(self, key, arrays: tuple) -> None:
+        """Store a set-up's arrays under `key`, evicting the least recently used beyond `max_bytes`; a set-up
+        larger than `max_bytes` on its own is not kept."""
         size = sum(a.nbytes for a in arrays)
         if size > self.max_bytes:
             return

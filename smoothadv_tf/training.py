@@ -141,6 +141,7 @@ class AdversarialTraining(keras.Model):
         self._loops: dict = {}
 
     def call(self, x, training=False):
+        """The classifier's logits for `x`: prediction and evaluation see the plain classifier."""
         return self.classifier(x, training=training)
 
     # ------------------------------------------------------------------------------------- saving: the classifier
@@ -149,10 +150,14 @@ class AdversarialTraining(keras.Model):
         return self.classifier.save(filepath, *args, **kwargs)
 
     def export(self, filepath, *args, **kwargs):
+        """Export the plain classifier (Keras's ``export``, e.g. a SavedModel for serving), not the trainer."""
         return self.classifier.export(filepath, *args, **kwargs)
 
     # -------------------------------------------------------------------------------------------- the train step
     def train_step(self, data):
+        """One training step: the batch's attacked share (:meth:`attacked_positions`) replaced by adversarial
+        examples crafted on the current weights (§5.3), then Keras's own step on the mix, the adversarial
+        examples weighted λ (``weight``) and the weights normalised to sum to the batch size."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x, y = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
         _check_batch(x, y)

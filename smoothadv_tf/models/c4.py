@@ -41,6 +41,7 @@ def c4(num_classes: int = 10, input_shape=(28, 28, 1), name: str = "c4") -> kera
 
 
 def accuracy(model, images: np.ndarray, labels: np.ndarray, batch_size: int = 500) -> float:
+    """Share of `images` whose top logit is their label (the model in inference mode, `batch_size` at a time)."""
     preds = np.concatenate(
         [np.argmax(model(images[i : i + batch_size], training=False), -1) for i in range(0, len(images), batch_size)]
     )

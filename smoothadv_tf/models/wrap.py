@@ -26,6 +26,8 @@ class WrappedModel(keras.Model):
         self.output_key = output_key
 
     def call(self, x, training=False):
+        """Logits of the [0, 1] images `x`: the inner model on ``preprocess(x)``, its ``output_key`` output for a
+        model returning a dict; ValueError if the class count is not ``num_classes``."""
         x = tf.convert_to_tensor(x, tf.float32)
         if self.preprocess is not None:
             x = self.preprocess(x)

@@ -7,7 +7,9 @@ of every attack under `paper` and `strong`, and one operating-characteristic plo
 The two runs must be the same run but for the protocol (their run.json files are compared).
 
 Reads <results_dir>/{paper,strong}/records.jsonl, keeps the images both runs attacked, writes <results_dir>/protocols.md (and protocols_<judge>.md
-for transfer runs) and protocols_operating_characteristic[_<judge>].png.
+for transfer runs) and protocols_operating_characteristic[_<judge>].png; when both runs were made with
+--trace_iterations, also protocols_trace.png: C&W / sC&W's loss, distortion and share adversarial at every
+iteration of their first batch under both protocols (read from <protocol>/tb/trace/).
 """
 
 import os
@@ -121,6 +123,49 @@ def main(_):
         plt.close(fig)
         os.replace(path + ".tmp.png", path)
     print(f"wrote {FLAGS.results_dir}/protocols*.md and protocols_operating_characteristic*.png")
+    plot_traces(plt)
+
+
+TRACE_PANELS = (("loss", "batch-mean loss (log scale)"), ("distortion", "batch-mean distortion D"),
+                ("adversarial", "share adversarial"))  # fmt: skip
+
+
+def plot_traces(plt) -> None:
+    """protocols_trace.png: C&W and sC&W's per-iteration curves (--trace_iterations: <protocol>/tb/trace/) of
+    both runs' first batch, paper solid, strong dashed, the strong protocol's binary-search steps one after
+    another. Says so, and draws nothing, when a run has no traces."""
+    found = {
+        (p, a): os.path.join(FLAGS.results_dir, p, "tb", "trace", a)
+        for p in PROTOCOLS
+        for a in attacks_lib.OPTIMALITY_ATTACKS
+    }
+    found = {key: folder for key, folder in found.items() if os.path.isdir(folder)}
+    if not {p for p, _ in found} >= set(PROTOCOLS):
+        print("no per-iteration traces of both runs (<protocol>/tb/trace/): run them with --trace_iterations "
+              "for protocols_trace.png")  # fmt: skip
+        return
+    from smoothadv_tf.tensorboard_log import TRACE_TAGS, read_scalars  # TensorFlow reads the event files
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for (protocol, attack), folder in sorted(found.items()):
+        curves = read_scalars(folder)
+        for ax, (field, label) in zip(axes, TRACE_PANELS):
+            steps, values = zip(*curves[TRACE_TAGS[field]])
+            color = f"C{attacks_lib.OPTIMALITY_ATTACKS.index(attack)}"
+            style = "-" if protocol == "paper" else "--"
+            ax.plot(steps, values, style, color=color, label=f"{attacks_lib.DISPLAY_NAMES[attack]} ({protocol})")
+            ax.set_xlabel("iteration (binary-search steps one after another)")
+            ax.set_ylabel(label)
+            ax.set_yscale("log" if field == "loss" else "linear")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("C&W and sC&W on their first batch: paper protocol (solid) vs strong (dashed)")
+    fig.tight_layout()
+    path = os.path.join(FLAGS.results_dir, "protocols_trace.png")
+    fig.savefig(path + ".tmp.png", dpi=120)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -238,6 +238,7 @@ def shard_index_and_source() -> tuple[int, str]:
 
 # ---------------------------------------------------------------- the flag-reading forms, for existing callers
 def shard_index() -> int:
+    """This process's shard (:func:`shard_index_and_source`)."""
     return shard_index_and_source()[0]
 
 
@@ -249,6 +250,7 @@ def attack_overrides() -> dict:
 
 
 def preset_for(dataset: str) -> str:
+    """--preset, else `dataset`'s (:func:`smoothadv_tf.config.default_preset`)."""
     return FLAGS.preset or config_lib.default_preset(dataset)
 
 
@@ -263,10 +265,12 @@ def strategy():
 
 
 def device_scope():
+    """The scope of --devices' strategy (:func:`smoothadv_tf.runner.strategy_scope`)."""
     return runner.strategy_scope(strategy())
 
 
 def batch_size(model, dataset) -> int:
+    """The attack batch size of the flags' run (:func:`smoothadv_tf.runner.batch_size`)."""
     return runner.batch_size(config_from_flags(), model, dataset)
 
 
@@ -292,26 +296,31 @@ def load_model(name: str, dataset: str, checkpoint: str | None = None, seed: int
 
 
 def check_fits(model, dataset, what: str) -> None:
+    """Refuse a model that cannot take --dataset's images (:func:`smoothadv_tf.models.loading.check_fits`)."""
     from smoothadv_tf.models.loading import check_fits as check
 
     check(model, dataset, FLAGS.dataset, what)
 
 
 def fit_labels(model, dataset):
+    """`dataset` with labels in the model's class space (:func:`smoothadv_tf.models.loading.fit_labels`)."""
     from smoothadv_tf.models.loading import fit_labels as fit
 
     return fit(model, dataset, FLAGS.dataset, FLAGS.model)
 
 
 def output_dir(experiment: str, dataset: str, model: str, protocol: str | None = None) -> str:
+    """The run folder under --output_dir (:func:`smoothadv_tf.config.output_path`)."""
     return config_lib.output_path(FLAGS.output_dir, experiment, dataset, model, protocol or FLAGS.protocol)
 
 
 def records_path(out_dir: str) -> str:
+    """This process's records file in `out_dir` (:meth:`smoothadv_tf.config.RunConfig.records_path`)."""
     return config_from_flags().records_path(out_dir)
 
 
 def run_identity(experiment: str, dataset, model, *, single_run=False, defaults=None, judges=None) -> dict:
+    """The flags' run identity (:func:`smoothadv_tf.records.run_identity`)."""
     return records.run_identity(
         config_from_flags(), experiment, dataset, model, single_run=single_run, defaults=defaults, judges=judges
     )

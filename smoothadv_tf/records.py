@@ -139,6 +139,7 @@ class RecordStore:
         self.done: dict = {record_key(r): r for r in done}  # records of `done_in`, by key
 
     def has(self, key) -> bool:
+        """Whether a record of `key` (:func:`record_key`) is stored, or done in the merged file a shard skips."""
         return key in self.keys or key in self.done
 
     def append(self, records: Sequence[dict]) -> None:
@@ -233,6 +234,7 @@ def repair_records(path: str) -> int:
 
 
 def record_key(r: dict):
+    """A record's identity: (evaluated_on, image_id, attack, target); a store holds one record per key."""
     return (r.get("evaluated_on", "self"), r["image_id"], r["attack"], r.get("target"))
 
 

@@ -53,6 +53,7 @@ def report(
 
 
 def subset_dir(out_dir: str, images: int) -> str:
+    """Where a run's tables over its first `images` images go when the folder holds more: ``first<N>/``."""
     return os.path.join(out_dir, f"first{images}")
 
 

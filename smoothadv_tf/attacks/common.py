@@ -64,6 +64,7 @@ class AttackResult:
 
     @property
     def attacked(self) -> np.ndarray:
+        """(B,) bool: the images the attack ran on, those the model classified correctly (§5.1)."""
         return self.originally_correct
 
     @property
@@ -111,6 +112,7 @@ def margin_loss(
 
 
 def is_adversarial(logits: tf.Tensor, labels: tf.Tensor, targeted: bool) -> tf.Tensor:
+    """Per image: the prediction differs from `labels` (untargeted) or equals them (targeted: the targets)."""
     pred = tf.argmax(logits, -1, output_type=labels.dtype)
     return tf.equal(pred, labels) if targeted else tf.not_equal(pred, labels)
 
@@ -326,7 +328,7 @@ def record_iterations():
 
     The values are computed inside the traced loop and returned with its result (no host round trip per
     iteration); the loop with the recording is traced apart from the usual one, which stays as it was
-    (scripts/bench_attacks.py --trace_cost measures both). The attack's results are the same either way."""
+    (scripts/bench_tracing.py measures both). The attack's results are the same either way."""
     traces: list[IterationTrace] = []
     token = _RECORDING.set(traces)
     try:

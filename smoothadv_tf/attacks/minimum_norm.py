@@ -79,7 +79,7 @@ def _rescaling_attack(
     (PGD) or ignored (FMN starts unconstrained); the step size anneals from `max_step` to `min_step` (equal for
     PGD). ``"ddn"`` / ``"fmn"`` run `iterations` steps and keep their least-distortion adversarial iterate
     (none: x_o is returned, the attack failed), as foolbox does; ``"pgd"`` stops each image at its first
-    adversarial iterate, judging the image after each of its `iterations` steps (as :func:`pgd2`). The loss
+    adversarial iterate, judging the image after each of its `iterations` steps (as :func:`~.gradient.pgd2`). The loss
     is eq. (3) without margin, as PGD₂'s (:func:`~smoothadv_tf.attacks.gradient.gradient_loop` says why)."""
     key, build = rescaling_loop(
         rule=rule,

@@ -16,9 +16,12 @@ import os
 import time
 
 import numpy as np
-from absl import flags
+from absl import app, flags
 
-from smoothadv_tf.cli import run_script  # TensorFlow-free: flags are checked before TensorFlow is imported
+from smoothadv_tf.cli import (
+    check_writable,
+    run_script,
+)  # TensorFlow-free: flags are checked before TensorFlow is imported
 from smoothadv_tf.presets import TRACEABLE_ATTACKS
 
 FLAGS = flags.FLAGS
@@ -33,10 +36,11 @@ flags.DEFINE_string("output", "results/bench_tracing.json", "JSON output path")
 def main(_):
     unknown = sorted(set(FLAGS.attacks) - set(TRACEABLE_ATTACKS))
     if unknown:
-        from absl import app
-
         raise app.UsageError(f"--attacks={','.join(FLAGS.attacks)}: {unknown} are not traced; expected some of "
                              f"{list(TRACEABLE_ATTACKS)}")  # fmt: skip
+    if FLAGS.checkpoint and not os.path.isfile(FLAGS.checkpoint):
+        raise app.UsageError(f"--checkpoint={FLAGS.checkpoint}: no such file")
+    check_writable("--output", FLAGS.output)
     import keras
 
     from smoothadv_tf import attacks

@@ -9,7 +9,7 @@ The two runs must be the same run but for the protocol (their run.json files are
 Reads <results_dir>/{paper,strong}/records.jsonl, keeps the images both runs attacked, writes <results_dir>/protocols.md (and protocols_<judge>.md
 for transfer runs) and protocols_operating_characteristic[_<judge>].png; when both runs were made with
 --trace_iterations, also protocols_trace.png: C&W / sC&W's loss, distortion and share adversarial at every
-iteration of their first batch under both protocols (read from <protocol>/tb/trace/).
+iteration of their first batch under both protocols (read from each run's TensorBoard events, trace/).
 """
 
 import os
@@ -131,24 +131,27 @@ TRACE_PANELS = (("loss", "batch-mean loss (log scale)"), ("distortion", "batch-m
 
 
 def plot_traces(plt) -> None:
-    """protocols_trace.png: C&W and sC&W's per-iteration curves (--trace_iterations: <protocol>/tb/trace/) of
+    """protocols_trace.png: C&W and sC&W's per-iteration curves (--trace_iterations: trace/ of each run's
+    TensorBoard events, where its tensorboard.json says; <protocol>/tb/ by default) of
     both runs' first batch, paper solid, strong dashed, the strong protocol's binary-search steps one after
     another. Says so, and draws nothing, when a run has no traces."""
-    found = {
-        (p, a): os.path.join(FLAGS.results_dir, p, "tb", "trace", a)
-        for p in PROTOCOLS
-        for a in attacks_lib.OPTIMALITY_ATTACKS
-    }
-    found = {key: folder for key, folder in found.items() if os.path.isdir(folder)}
+    from smoothadv_tf.tensorboard_log import TRACE_TAGS, read_scalars, recorded_location
+
+    found = {}
+    for p in PROTOCOLS:
+        events = recorded_location(os.path.join(FLAGS.results_dir, p))  # where that run wrote its events
+        for a in attacks_lib.OPTIMALITY_ATTACKS:
+            folder = os.path.join(events, "trace", a) if events is not None else None
+            if folder is not None and os.path.isdir(folder):
+                curves = read_scalars(folder)
+                if curves:  # a first batch the model got all wrong traces nothing
+                    found[(p, a)] = curves
     if not {p for p, _ in found} >= set(PROTOCOLS):
         print("no per-iteration traces of both runs (<protocol>/tb/trace/): run them with --trace_iterations "
               "for protocols_trace.png")  # fmt: skip
         return
-    from smoothadv_tf.tensorboard_log import TRACE_TAGS, read_scalars  # TensorFlow reads the event files
-
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for (protocol, attack), folder in sorted(found.items()):
-        curves = read_scalars(folder)
+    for (protocol, attack), curves in sorted(found.items()):
         for ax, (field, label) in zip(axes, TRACE_PANELS):
             steps, values = zip(*curves[TRACE_TAGS[field]])
             color = f"C{attacks_lib.OPTIMALITY_ATTACKS.index(attack)}"

@@ -27,7 +27,7 @@ from absl import app, flags
 
 from smoothadv_tf import report
 from smoothadv_tf.cli import run_script
-from smoothadv_tf.config import DISTORTION_TARGETING, check_writable
+from smoothadv_tf.config import DISTORTION_TARGETING
 from smoothadv_tf.records import (
     RecordsError,
     atomic_write,
@@ -38,19 +38,23 @@ from smoothadv_tf.records import (
     shard_coverage_problem,
     writer_lock,
 )
+from smoothadv_tf.tensorboard_log import recorded_location
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", None, "an experiment folder holding records-shard*.jsonl", required=True)
-flags.DEFINE_boolean("tensorboard", True, "write the merged summary's TensorBoard events (<results_dir>/tb/summary)")
-flags.DEFINE_string("tensorboard_dir", None, "write the TensorBoard events here instead of <results_dir>/tb")
+flags.DEFINE_boolean(
+    "tensorboard",
+    True,
+    "write the merged summary's TensorBoard events where the run's shards wrote theirs (the folder's "
+    "tensorboard.json; <results_dir>/tb if it has none; nowhere if the run was made with --notensorboard)",
+)
 
 
 def main(_):
-    if FLAGS.tensorboard_dir is not None:
-        if not FLAGS.tensorboard:
-            raise app.UsageError("--tensorboard_dir: TensorBoard output, but --notensorboard is given")
-        check_writable("--tensorboard_dir", FLAGS.tensorboard_dir)
-    tensorboard_dir = (FLAGS.tensorboard_dir or os.path.join(FLAGS.results_dir, "tb")) if FLAGS.tensorboard else None
+    try:
+        tensorboard_dir = recorded_location(FLAGS.results_dir) if FLAGS.tensorboard else None
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     paths = sorted(glob.glob(os.path.join(FLAGS.results_dir, "records-shard*.jsonl")))
     target = os.path.join(FLAGS.results_dir, "records.jsonl")
     if not paths and not os.path.exists(target):

@@ -39,9 +39,8 @@ def main(_):
         raise app.UsageError(
             f"--attack_params: {', '.join(swept)}: the sweep sets it (--max_binary_steps, --iteration_counts)"
         )
-    ignored = [
-        f"--{name}" for name in ("protocol", "num_shards", "shard_index", "trace_iterations") if FLAGS[name].present
-    ]
+    ignored = [f"--{name}" for name in ("protocol", "num_shards", "shard_index") if FLAGS[name].present]
+    ignored += ["--trace_iterations"] if FLAGS.trace_iterations else []
     if ignored:
         raise app.UsageError(
             f"{', '.join(ignored)}: not used here (the sweep runs both protocols' rules, unsharded, untraced)"

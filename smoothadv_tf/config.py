@@ -398,6 +398,8 @@ class RunConfig:
             if asked:
                 raise ConfigError(f"{', '.join(asked)}: TensorBoard output, but --notensorboard is given")
         if self.tensorboard_dir is not None:
+            if not isinstance(self.tensorboard_dir, str) or not self.tensorboard_dir:
+                raise ConfigError(f"--tensorboard_dir={self.tensorboard_dir!r}: expected a folder name")
             if os.path.exists(self.tensorboard_dir) and not os.path.isdir(self.tensorboard_dir):
                 raise ConfigError(f"--tensorboard_dir={self.tensorboard_dir}: exists and is not a directory")
             check_writable("--tensorboard_dir", self.tensorboard_dir)
@@ -440,10 +442,14 @@ class RunConfig:
 
     def tensorboard_path(self, out_dir: str) -> str | None:
         """Where the run in `out_dir` writes its TensorBoard events (:mod:`smoothadv_tf.tensorboard_log`):
-        --tensorboard_dir, else ``<out_dir>/tb``; None with --notensorboard."""
+        ``<out_dir>/tb``, or with --tensorboard_dir the run's own place under it (`out_dir` relative to
+        --output_dir: ``<tensorboard_dir>/white_box/<dataset>-<model>/<protocol>``, so runs sharing one
+        --tensorboard_dir never overwrite each other); None with --notensorboard."""
         if not self.tensorboard:
             return None
-        return self.tensorboard_dir if self.tensorboard_dir is not None else os.path.join(out_dir, "tb")
+        if self.tensorboard_dir is None:
+            return os.path.join(out_dir, "tb")
+        return os.path.join(self.tensorboard_dir, os.path.relpath(out_dir, self.output_dir))
 
     def records_path(self, out_dir: str) -> str:
         """This process's records file in `out_dir`: records.jsonl, or its shard's file."""

@@ -146,7 +146,12 @@ def define_common_flags(default_attacks=presets.PAPER_ATTACKS, default_num_image
         "write TensorBoard event files into the run folder's tb/ (summary scalars and the operating "
         "characteristic, a few adversarial / perturbation / magnified images); --notensorboard skips them",
     )
-    flags.DEFINE_string("tensorboard_dir", None, "write the TensorBoard event files here instead of <run folder>/tb")
+    flags.DEFINE_string(
+        "tensorboard_dir",
+        None,
+        "root of the TensorBoard event files instead of <run folder>/tb: each run writes under its own path "
+        "(<tensorboard_dir>/<experiment>/<dataset>-<model>/<protocol>)",
+    )
     flags.DEFINE_boolean(
         "trace_iterations",
         False,

@@ -172,6 +172,10 @@ def run(
     lock = writer_lock(config.records_path(out_dir))
     try:
         rid = claim_run(out_dir, identity)
+        if config.shard_index == 0:  # where the events go, for the merge of the shards and compare_protocols.py
+            from smoothadv_tf.tensorboard_log import record_location
+
+            record_location(out_dir, config.tensorboard_path(out_dir))
     except BaseException:
         lock.close()
         raise
@@ -285,6 +289,9 @@ def run_experiment(
         rounds = rounding.pop()
         tags = {"protocol": protocol, "run_id": run_id}
         bar = tqdm(total=len(indices) * len(runs), desc="attack runs x images", unit="img", disable=not progress)
+        first_run = {}  # attack -> index of its first run in `runs`
+        for n, (attack, _) in enumerate(runs):
+            first_run.setdefault(attack, n)
         for start in range(0, len(indices), batch_size):
             idx = indices[start : start + batch_size]
             ids = [dataset.ids[i] for i in idx]
@@ -323,6 +330,14 @@ def run_experiment(
                 target = params.get("epsilon") if attack in DISTORTION_TARGETING else None
                 todo = [k for k, i in enumerate(ids) if any(not store.has((j, i, attack, target)) for j in judges)]
                 bar.update(len(ids) - len(todo))
+                wanted = tensorboard_dir is not None and trace_iterations and attack in presets.TRACEABLE_ATTACKS
+                if wanted and start == 0 and len(todo) < len(ids) and n == first_run.get(attack):
+                    if not os.path.isdir(os.path.join(tensorboard_dir, "trace", attack)):
+                        print(
+                            f"--trace_iterations: {attack}'s first batch was recorded by an earlier run without "
+                            "it: no trace (trace a run of its own, in another --output_dir)",
+                            flush=True,
+                        )
                 if not todo:
                     continue
                 # TensorBoard's images and traces come from the whole first batch, attacked here and now

@@ -22,7 +22,7 @@ TensorBoard's runs:
   figure), through :func:`write_points`.
 
 No point is ever written twice: each folder is written whole, in a staging folder beside it, and replaces the
-old one. A resumed run rewrites ``summary/`` from all the records (the new point replaces the old); its
+old one (:func:`_replacing`; a writer killed half-way leaves the old folder, restored by the next). A resumed run rewrites ``summary/`` from all the records (the new point replaces the old); its
 ``images/`` and ``trace/`` come from the first batch, which only the run that attacked it writes (a resume
 that finds it recorded writes none). Of a sharded run only shard 0 writes them, from its own first batch
 (images 0, N, 2N, ... of N shards); its ``summary/`` is written by ``scripts/merge_results.py``. TensorFlow writes the files
@@ -33,6 +33,7 @@ that finds it recorded writes none). Of a sharded run only shard 0 writes them, 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ import numpy as np
 
 from smoothadv_tf import config as config_lib
 from smoothadv_tf import statistics
+from smoothadv_tf.records import atomic_write
 
 SUMMARY_STATISTICS = ("p_suc", "mean_distortion", "mean_ssim", "mean_psnr", "mean_smoothness")
 EPSILON_STEP = 1000  # the step of a per-ε point: round(1000 ε)
@@ -48,27 +50,71 @@ EXAMPLES = 3  # attacked images per attack in images/
 TRACE_TAGS = {"loss": "trace/loss", "distortion": "trace/distortion", "adversarial": "trace/adversarial"}
 
 
+LOCATION_FILE = "tensorboard.json"  # in a run folder: where its events go (scripts/merge_results.py reads it)
+
+
+def record_location(out_dir: str, events_dir: str | None) -> None:
+    """Note in the run folder where its TensorBoard events go (None: --notensorboard), so that the scripts that
+    read the run later (the merge of its shards, compare_protocols.py) write and read them there too."""
+    path = None if events_dir is None else os.path.abspath(events_dir)
+    atomic_write(os.path.join(out_dir, LOCATION_FILE), json.dumps({"events": path}) + "\n")
+
+
+def recorded_location(out_dir: str) -> str | None:
+    """Where the run in `out_dir` writes its TensorBoard events: as it noted (:func:`record_location`; None
+    with --notensorboard), or ``<out_dir>/tb`` for a run that noted nothing (made before the note existed)."""
+    path = os.path.join(out_dir, LOCATION_FILE)
+    if not os.path.exists(path):
+        return os.path.join(out_dir, "tb")
+    try:
+        return json.load(open(path))["events"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a TensorBoard location note ({e}); delete it to use {out_dir}/tb") from None
+
+
 @contextlib.contextmanager
 def _replacing(folder: str):
-    """Yield a tf.summary writer on a staging folder that replaces `folder` once the writer is closed (a
-    killed writer leaves the old folder, never a half-written one beside it)."""
+    """Yield a tf.summary writer on a staging folder that replaces `folder` once the writer is closed. One
+    writer per folder at a time (a lock file beside it); a writer that fails removes its staging folder, and
+    one killed half-way is recovered by the next (:func:`_recover`), so TensorBoard never reads a half-written
+    or a second copy of a folder from disk. (A TensorBoard already showing the folder sees the new points at
+    the same steps and drops the old ones: its handling of a restarted run.)"""
+    import fcntl
+
     import tensorflow as tf
 
-    parent = os.path.dirname(os.path.abspath(folder))
+    parent, name = os.path.split(os.path.abspath(folder))
     os.makedirs(parent, exist_ok=True)
-    staging = os.path.join(parent, f".{os.path.basename(folder)}.staging-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    writer = tf.summary.create_file_writer(staging)
-    try:
-        with writer.as_default():
-            yield
-    finally:
+    staging, old = os.path.join(parent, f".{name}.staging"), os.path.join(parent, f".{name}.old")
+    with open(os.path.join(parent, f".{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _recover(folder, staging, old)
+        writer = tf.summary.create_file_writer(staging)
+        try:
+            with writer.as_default():
+                yield
+        except BaseException:
+            writer.close()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         writer.close()
-    old = os.path.join(parent, f".{os.path.basename(folder)}.old-{os.getpid()}")
-    if os.path.exists(folder):
-        os.replace(folder, old)
-    os.replace(staging, folder)
-    shutil.rmtree(old, ignore_errors=True)
+        replaced = os.path.exists(folder)
+        if replaced:
+            os.replace(folder, old)
+        os.replace(staging, folder)
+        if replaced:
+            shutil.rmtree(old)
+
+
+def _recover(folder: str, staging: str, old: str) -> None:
+    """What a writer killed inside :func:`_replacing` left: a staging folder (half-written: removed) and,
+    killed between its two renames, the old folder set aside (put back if the new one is not in place)."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if os.path.exists(old):
+        if os.path.exists(folder):
+            shutil.rmtree(old)
+        else:
+            os.replace(old, folder)
 
 
 def _scalar(tag: str, value, step: int) -> None:

@@ -120,7 +120,6 @@ FLAG_CASES = [
     ("transfer.py", ["--notensorboard", "--tensorboard_dir=OUT"], ["--tensorboard_dir: TensorBoard output, but"]),
     ("examples.py", ["--trace_iterations"], ["--trace_iterations: not used here"]),
     ("protocol_sweep.py", ["--trace_iterations"], ["--trace_iterations: not used here"]),
-    ("merge_results.py", ["--results_dir=OUT", "--notensorboard", "--tensorboard_dir=OUT"], ["--tensorboard_dir: Te"]),
     ("adversarial_training.py", ["--model=c4"], ["--model=c4: this experiment attacks c4_adv or adv_inception_v3"]),
     ("adversarial_training.py", ["--c4_epochs=0"], ["flag --c4_epochs=0"]),
     ("transfer.py", ["--model=resnet_v2_50"], ["the transfer source is c4 or inception_v3"]),

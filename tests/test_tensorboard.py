@@ -10,14 +10,21 @@ import os
 
 import numpy as np
 import pytest
+from conftest import run_script
 
 from smoothadv_tf import attacks, report, runner, statistics
 from smoothadv_tf.config import RunConfig
 from smoothadv_tf.records import read_records
+from smoothadv_tf.tensorboard_log import _replacing, write_points
 
 ATTACKS = ("fgsm", "carlini_wagner_l2", "ddn")
 PARAMS = {"iterations": 8}  # C&W and DDN: 8 iterations (the paper protocol: one binary-search step)
 RUN = os.path.join("white_box", "fashion_mnist-c4", "paper")
+
+
+def folders(path) -> list[str]:
+    """The folders in `path`, hidden ones too (a staging folder left behind would be one of TensorBoard's runs)."""
+    return sorted(name for name in os.listdir(path) if os.path.isdir(os.path.join(path, name)))
 
 
 def accumulate(folder: str):
@@ -91,7 +98,7 @@ def test_events_hold_the_summary_the_first_batch_and_its_traces(tmp_path, c4_pat
     dataset = runner.load_data(cfg)
     records, out_dir = run_and_report(cfg, model, dataset)
     tb = os.path.join(out_dir, "tb")
-    assert sorted(os.listdir(tb)) == ["images", "summary", "trace"]  # no staging folder left behind
+    assert folders(tb) == ["images", "summary", "trace"]  # no staging folder left behind
 
     # summary/: every statistic of summary.json at step 0, the per-ε runs at step round(1000 ε)
     summary = json.load(open(os.path.join(out_dir, "summary.json")))
@@ -148,9 +155,26 @@ def test_events_hold_the_summary_the_first_batch_and_its_traces(tmp_path, c4_pat
             steps, values = zip(*curves[f"trace/{field}"])
             assert list(steps) == list(range(8)) == trace.steps.tolist()
             np.testing.assert_allclose(values, getattr(trace, field), rtol=1e-6)
-        # the records of the first batch are those of this call: recording changed nothing
+        # recording changes nothing: the runner's (traced) first batch is an untraced call's, bit for bit
+        untraced = attacks.run_attack(attack, model, x, y, **params)
+        assert np.array_equal(untraced.adversarial, result.adversarial)
         recorded = {r["image_id"]: r for r in records if r["attack"] == attack}
-        assert [recorded[i]["distortion"] for i in dataset.ids[:6]] == pytest.approx(result.distortion.tolist())
+        assert [recorded[i]["distortion"] for i in dataset.ids[:6]] == untraced.distortion.tolist()
+
+    # the strong protocol's run of the same images: its first binary-search step is the paper run, iteration
+    # for iteration (same c, same Adam), so its first 8 points are the paper run's; compare_protocols.py
+    # draws both
+    strong = cfg.replace(protocol="strong")
+    run_and_report(strong, model, dataset)
+    strong_tb = strong.tensorboard_path(strong.output_path("white_box"))
+    for attack in ("carlini_wagner_l2", "ddn"):
+        paper_curve = scalars(os.path.join(tb, "trace", attack))["trace/loss"]
+        strong_curve = scalars(os.path.join(strong_tb, "trace", attack))["trace/loss"]
+        assert [s for s, _ in strong_curve] == list(range(40 if attack == "carlini_wagner_l2" else 8))
+        assert strong_curve[:8] == paper_curve
+    done = run_script("compare_protocols.py", f"--results_dir={os.path.dirname(out_dir)}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.path.getsize(os.path.join(os.path.dirname(out_dir), "protocols_trace.png")) > 0
 
 
 def test_the_trace_at_iteration_0_is_the_models_loss_at_the_original(c4_model, fashion_test):
@@ -178,6 +202,52 @@ def test_the_trace_at_iteration_0_is_the_models_loss_at_the_original(c4_model, f
     for trace in (cw, ddn):
         assert trace.loss[-1] < trace.loss[0] and trace.adversarial[-1] > trace.adversarial[0]
         assert trace.steps.tolist() == list(range(20))
+
+
+def test_the_trace_runs_through_the_binary_search_steps_and_the_other_loops(c4_model, fashion_test):
+    """sC&W over 3 binary-search steps of 6 iterations: entries 0..17, z = 0 (r = ŝ_α(0) = 0 exactly) at the
+    start of each step, and the first step's points those of a one-step run (the same c and Adam). FMN at
+    iteration 0: the margin of eq. (3) without its positive part, m = 0, against the model called here."""
+    x, y = fashion_test.images[:12], fashion_test.labels[:12]
+    logits = c4_model(x).numpy()
+    attacked = logits.argmax(-1) == y
+    params = attacks.preset("mnist", "smooth_carlini_wagner_l2", iterations=6)
+    with attacks.record_iterations() as traces:
+        attacks.smooth_carlini_wagner_l2(c4_model, x, y, **{**params, "binary_search_steps": 3})
+        attacks.smooth_carlini_wagner_l2(c4_model, x, y, **{**params, "binary_search_steps": 1})
+        attacks.fmn(c4_model, x, y, iterations=5)
+    three, one, fmn = traces
+    assert three.steps.tolist() == list(range(18)) and three.iterations_per_step == 6
+    assert [three.distortion[k] for k in (0, 6, 12)] == [0.0, 0.0, 0.0] and min(three.distortion[1:6]) > 0
+    np.testing.assert_array_equal(three.loss[:6], one.loss)
+    np.testing.assert_array_equal(three.distortion[:6], one.distortion)
+    onehot = np.eye(10)[y]
+    margin = (logits * onehot).sum(-1) - np.max(logits - 1e9 * onehot, -1)
+    assert fmn.attack == "fmn" and fmn.loss[0] == pytest.approx(margin[attacked].mean(), rel=1e-4)
+
+
+def test_a_failed_or_killed_write_leaves_the_old_folder_and_nothing_hidden(tmp_path):
+    """_replacing: a writer that fails leaves the old folder as it was and no staging folder (TensorBoard would
+    read it as a run); what a killed writer leaves (its staging folder; the old folder set aside between the
+    two renames) is cleaned up, and the old folder put back, by the next writer."""
+    import tensorflow as tf
+
+    logdir = str(tmp_path)
+    write_points(logdir, "run", [("a", 0, 1.0)])
+    with pytest.raises(tf.errors.NotFoundError, match="missing.png"):
+        write_points(logdir, "run", [("a", 0, 2.0)], figures={"f": str(tmp_path / "missing.png")})
+    assert sorted(os.listdir(tmp_path)) == [".run.lock", "run"]
+    assert scalars(str(tmp_path / "run")) == {"a": [(0, 1.0)]}
+    # killed between the renames: the folder is set aside as .run.old, a staging folder is left
+    os.replace(tmp_path / "run", tmp_path / ".run.old")
+    (tmp_path / ".run.staging").mkdir()
+    with pytest.raises(RuntimeError), _replacing(str(tmp_path / "run")):
+        raise RuntimeError("killed")  # the next writer recovers first, then fails itself
+    assert sorted(os.listdir(tmp_path)) == [".run.lock", "run"]
+    assert scalars(str(tmp_path / "run")) == {"a": [(0, 1.0)]}
+    write_points(logdir, "run", [("a", 0, 3.0)])
+    assert scalars(str(tmp_path / "run")) == {"a": [(0, 3.0)]}
+    assert sorted(os.listdir(tmp_path)) == [".run.lock", "run"]
 
 
 def test_a_resumed_or_sharded_run_writes_no_point_twice(tmp_path, c4_path, model):
@@ -218,7 +288,7 @@ def test_a_resumed_or_sharded_run_writes_no_point_twice(tmp_path, c4_path, model
     for shard in shards:
         assert run_and_report(shard, model, dataset)[0] is None
     sharded = shards[0].output_path("white_box")
-    assert sorted(os.listdir(os.path.join(sharded, "tb"))) == ["images", "trace"]  # shard 1 wrote nothing
+    assert folders(os.path.join(sharded, "tb")) == ["images", "trace"]  # shard 1 wrote nothing
     own = shards[0].attack_runs("ddn")[0]
     with attacks.record_iterations() as traces:  # shard 0's first batch: images 0, 2, 4, ... (index mod 2)
         attacks.run_attack("ddn", model, dataset.images[0:12:2], dataset.labels[0:12:2], **own)
@@ -245,8 +315,11 @@ def test_notensorboard_writes_no_events_and_tensorboard_dir_moves_them(tmp_path,
     cfg = config(tmp_path / "off", c4_path, num_images=6, tensorboard=False, trace_iterations=False, attacks=("ddn",))
     _, out_dir = run_and_report(cfg, model, runner.load_data(cfg))
     assert not any("tfevents" in name for _, _, files in os.walk(tmp_path / "off") for name in files)
+    done = run_script("merge_results.py", f"--results_dir={out_dir}")  # the merge follows the run's choice
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not any("tfevents" in name for _, _, files in os.walk(tmp_path / "off") for name in files)
     elsewhere = tmp_path / "events"
     cfg = config(tmp_path / "moved", c4_path, num_images=6, tensorboard_dir=str(elsewhere), attacks=("ddn",))
     _, out_dir = run_and_report(cfg, model, runner.load_data(cfg))
     assert not os.path.exists(os.path.join(out_dir, "tb"))
-    assert sorted(os.listdir(elsewhere)) == ["images", "summary", "trace"]
+    assert folders(elsewhere / RUN) == ["images", "summary", "trace"]  # the run's own place under it

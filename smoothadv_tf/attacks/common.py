@@ -290,7 +290,8 @@ TRACED_FIELDS = ("loss", "distortion", "adversarial")
 @dataclass
 class IterationTrace:
     """What an iterative attack's batch did at every iteration (:func:`record_iterations`): the means over
-    its attacked (originally correct) images of
+    its attacked (originally correct) images still iterating (all of them, unless an image stops early: C&W's
+    ``abort_early``, PGD₂ on z at its first success) of
 
     - ``loss``: what the attack minimises — C&W / sC&W: ||r||² + c·ℓ (eq. 4 / 18; ||r|| + c·ℓ with
       ``distortion_penalty="norm"``); DDN / sDDN: minus the cross-entropy (plus it, targeted); FMN / sFMN: the
@@ -318,9 +319,9 @@ _RECORDING: contextvars.ContextVar = contextvars.ContextVar("smoothadv_tf_iterat
 
 @contextlib.contextmanager
 def record_iterations():
-    """Within this block, the iterative minimisation attacks (C&W, sC&W, DDN, sDDN, FMN, sFMN) record their
-    batch-mean loss, distortion and share adversarial at every iteration (:class:`IterationTrace`), appended
-    to the yielded list, one per attack call::
+    """Within this block, the iterative minimisation attacks (C&W, sC&W, DDN, sDDN, FMN, sFMN, and PGD₂ on the
+    smooth latent z, which shares their loop) record their batch-mean loss, distortion and share adversarial
+    at every iteration (:class:`IterationTrace`), appended to the yielded list, one per attack call::
 
         with attacks.record_iterations() as traces:
             attacks.smooth_carlini_wagner_l2(model, x, y)
@@ -342,9 +343,11 @@ def recording_iterations() -> bool:
     return _RECORDING.get() is not None
 
 
-def _trace_steps(trace, position, loss, distortion, adversarial):
-    """Write one iteration's per-image values into the loop's (B, T, 3) trace at column `position`."""
+def _trace_steps(trace, position, running, loss, distortion, adversarial):
+    """Write one iteration's per-image values into the loop's (B, T, 3) trace at column `position`: NaN for
+    the images not `running` (stopped early), so that the means are over the images still iterating."""
     values = tf.stack([loss, distortion, tf.cast(adversarial, tf.float32)], -1)  # (B, 3)
+    values = tf.where(running[:, None], values, np.float32(np.nan))
     column = tf.equal(tf.range(tf.shape(trace)[1]), position)[None, :, None]
     return tf.where(column, values[:, None, :], trace)
 
@@ -357,8 +360,8 @@ def _empty_trace(batch_like, steps: int):
 def _keep_trace(attack: str, per_image: np.ndarray, attacked: np.ndarray, iterations_per_step: int) -> None:
     """Average a loop's (B, T, 3) per-image trace over the attacked images; append it to the recording."""
     rows = np.asarray(per_image, np.float64)[np.asarray(attacked, bool)]
-    with np.errstate(invalid="ignore"):  # all-NaN columns: iterations no image reached
-        means = np.nanmean(rows, axis=0) if len(rows) else np.full(per_image.shape[1:], np.nan)
+    counts = np.isfinite(rows).sum(axis=0)  # images still iterating; 0: an iteration no image reached
+    means = np.where(counts > 0, np.nansum(rows, axis=0) / np.maximum(counts, 1), np.nan)
     reached = np.flatnonzero(np.all(np.isfinite(means), axis=-1))
     _RECORDING.get().append(
         IterationTrace(

@@ -161,7 +161,7 @@ def rescaling_loop(*, rule, iterations, gamma=0.05, smoothing=None, direction="l
                 last_x = tf.where(_per_image(done), last_x, image)
                 found = found | adversarial
                 if trace:  # record_iterations: what the step descends, -objective
-                    recorded = _trace_steps(recorded, k, -gained, distortion, adversarial)
+                    recorded = _trace_steps(recorded, k, ~done, -gained, distortion, adversarial)
                 if rule == "ddn":  # ε ← ε(1 - γ) after an adversarial iterate, ε(1 + γ) otherwise
                     new_eps = eps * tf.where(adversarial, 1.0 - gamma, 1.0 + gamma)
                 elif rule == "fmn":  # γ anneals to 0.001; no ball before the first success (see fmn())

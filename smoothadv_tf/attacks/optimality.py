@@ -188,7 +188,8 @@ def _optimality_attack(
                     best_d = tf.where(better, dist, best_d)
                     succeeded = succeeded | hit
                     if tracing:
-                        trace = _trace_steps(trace, step * iterations + k, per_image, l2_norm(image - x_o), hit)
+                        position = step * iterations + k
+                        trace = _trace_steps(trace, position, active, per_image, l2_norm(image - x_o), hit)
                     # Adam, frozen for inactive images.
                     t = tf.cast(k + 1, tf.float32)
                     m_new = beta1 * m + (1 - beta1) * grad

@@ -40,7 +40,7 @@ def main(_):
                              f"{list(TRACEABLE_ATTACKS)}")  # fmt: skip
     if FLAGS.checkpoint and not os.path.isfile(FLAGS.checkpoint):
         raise app.UsageError(f"--checkpoint={FLAGS.checkpoint}: no such file")
-    check_writable("--output", FLAGS.output)
+    check_writable("--output", os.path.dirname(os.path.abspath(FLAGS.output)))  # a file there is replaced
     import keras
 
     from smoothadv_tf import attacks

@@ -153,6 +153,8 @@ FLAG_CASES = [
     ("bench_training.py", ["--train_attacks=clean,pgd3"], ["--train_attacks=clean,pgd3: expected some of"]),
     ("bench_training.py", ["--batches=0"], ["flag --batches=0"]),
     ("bench_attacks.py", ["--iterations=0"], ["flag --iterations=0"]),
+    ("bench_tracing.py", ["--attacks=pgd2"], ["--attacks=pgd2: ['pgd2'] are not traced; expected some of"]),
+    ("bench_tracing.py", ["--checkpoint=/no/c4.keras"], ["--checkpoint=/no/c4.keras: no such file"]),
     ("bench_smoothing.py", ["--batch_sizes=1,two"], ["flag --batch_sizes=['1', 'two']: must be positive integers"]),
     ("download_checkpoints.py", ["--names=vgg"], ["flag --names=['vgg']: expected names from"]),
 ]

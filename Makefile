@@ -28,7 +28,7 @@ test: $(STAMP) data lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 # The API reference: smoothadv_tf and its submodules rendered by pdoc into docs/api/ (git-ignored; open
-# docs/api/index.html). Refused, writing nothing, on a public name without a docstring or a cross-reference
+# docs/api/index.html). Refused, writing nothing, on a public function, class, method or property without a docstring or a cross-reference
 # that goes nowhere (one `module.name: problem` line each).
 docs: $(STAMP)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) scripts/build_docs.py --output_dir=docs/api

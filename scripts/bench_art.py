@@ -36,6 +36,13 @@ flags.DEFINE_integer("art_images", 20, "the first of those attacked by ART's Car
 flags.DEFINE_list("protocols", ["paper", "strong"], f"C&W parameters of these protocols, of {list(presets.PROTOCOLS)}")
 flags.DEFINE_string("checkpoint", None, "C4 .keras file (default: the cached models/c4_fashion_mnist_seed0.keras)")
 flags.DEFINE_string("output", "results/bench_art.json", "JSON output path")
+flags.DEFINE_float(
+    "art_confidence",
+    None,
+    "ART's confidence (default: our margin m). ART ties it to two things ours keeps apart: the margin in its loss "
+    "and the rule for the iterates it keeps; 0 keeps every misclassified iterate, as our strong protocol does",
+    lower_bound=0,
+)
 
 
 def check_flags() -> list[str]:
@@ -65,7 +72,7 @@ def cpu_name() -> str:
 def art_parameters(ours: dict) -> dict:
     """ART CarliniL2Method's closest parameters to our C&W's `ours`."""
     return {
-        "confidence": ours["margin"],
+        "confidence": ours["margin"] if FLAGS.art_confidence is None else FLAGS.art_confidence,
         "learning_rate": ours["learning_rate"],
         "binary_search_steps": ours["binary_search_steps"],
         "max_iter": ours["iterations"],
@@ -106,6 +113,9 @@ def main(_):
     test = load_fashion_mnist("test")
     x, y = test.images[: FLAGS.num_images], test.labels[: FLAGS.num_images].astype(np.int64)
     count = FLAGS.art_images
+    from smoothadv_tf.integrations.common import require
+
+    require("art", "art", "IBM's Adversarial Robustness Toolbox", "bench_art.py")  # one line naming the pip install
     import keras
     from art import __version__ as art_version
     from art.attacks.evasion import CarliniL2Method

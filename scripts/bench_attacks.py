@@ -98,8 +98,11 @@ def model_floor(model, x, y) -> dict:
 
 
 def peer_comparison(model, x, y):
-    import foolbox as fb
     import tensorflow as tf
+
+    from smoothadv_tf.integrations.common import require
+
+    fb = require("foolbox", "foolbox", "foolbox 3", "the foolbox comparison")  # one line naming the pip install
 
     from smoothadv_tf import attacks
 

@@ -327,7 +327,7 @@ def broken_references(module: types.ModuleType, rendered: set | None = None, all
 
 def check_modules(modules: Mapping[str, types.ModuleType]) -> list[str]:
     """Every problem in the docstrings of `modules` (name -> module, all that is rendered), one
-    ``module.name: problem`` line each: a public name without a docstring, a cross-reference that resolves to
+    ``module.name: problem`` line each: a public function, class, method or property without a docstring, a cross-reference that resolves to
     nothing or to a public object that is not rendered. Empty when all is well."""
     import pdoc.doc
 
@@ -508,6 +508,9 @@ def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _check_output_dir(FLAGS.output_dir)
+    from smoothadv_tf.integrations.common import require
+
+    require("pdoc", "docs", "pdoc", "make docs")  # one line naming the pip install, if missing
     modules, problems = import_package()
     problems += check_modules(modules)
     if problems:

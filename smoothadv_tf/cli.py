@@ -27,7 +27,7 @@ import sys
 from absl import app, flags
 
 from smoothadv_tf.config import check_writable  # noqa: F401 - re-exported: it was defined here before the split
-from smoothadv_tf.errors import InputError
+from smoothadv_tf.errors import InputError, MissingExtraError
 
 
 def run_script(main) -> None:
@@ -53,7 +53,7 @@ def run_script(main) -> None:
     def guarded(argv):
         try:
             return main(argv)
-        except (app.UsageError, InputError) as e:
+        except (app.UsageError, InputError, MissingExtraError) as e:
             if FLAGS.verbosity > 0:  # absl then prints its usage text for a UsageError, a traceback otherwise
                 raise
             fail(e)

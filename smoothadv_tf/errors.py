@@ -12,6 +12,11 @@ class InputError(ValueError):
     """Bad user input: a data file, a checkpoint or a records file that cannot be used as it is."""
 
 
+class MissingExtraError(ImportError):
+    """An optional dependency (a pip extra: ``smoothadv_tf[art]``, ...) is not installed; the message names the
+    ``pip install`` to run. The scripts print it as one line, exit status 2, as they do bad input."""
+
+
 class ConfigError(InputError):
     """A run configuration (:class:`smoothadv_tf.config.RunConfig`, or the flags it is built from) that cannot
     run: a bad value or combination, an output folder holding another run, a device this machine lacks. The

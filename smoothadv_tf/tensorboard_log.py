@@ -26,8 +26,8 @@ old one (:func:`_replacing`; a writer killed half-way leaves the old folder, res
 ``images/`` and ``trace/`` come from the first batch, which only the run that attacked it writes (a resume
 that finds it recorded writes none). Of a sharded run only shard 0 writes them, from its own first batch
 (images 0, N, 2N, ... of N shards); its ``summary/`` is written by ``scripts/merge_results.py``. TensorFlow writes the files
-(``tf.summary``); the ``tensorboard`` package is needed only to view them (``pip install
-'smoothadv_tf[tensorboard]'``).
+(``tf.summary.write`` with the plugin metadata TensorBoard reads, :func:`plugin_metadata`); the
+``tensorboard`` package is needed only to view them (``pip install 'smoothadv_tf[tensorboard]'``).
 """
 
 from __future__ import annotations
@@ -117,10 +117,33 @@ def _recover(folder: str, staging: str, old: str) -> None:
             os.replace(old, folder)
 
 
+def plugin_metadata(plugin: str):
+    """The SummaryMetadata that tells TensorBoard which of its plugins shows a tensor ("scalars", "images"):
+    what ``tf.summary.scalar`` / ``tf.summary.image`` attach. Those two live in the ``tensorboard`` package
+    (without it TensorFlow 2.21 raises TBNotInstalledError); ``tf.summary.write`` with this metadata writes the
+    same events with TensorFlow alone (tested against TensorBoard's own metadata and reader)."""
+    from tensorflow.core.framework import summary_pb2
+
+    return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin))
+
+
 def _scalar(tag: str, value, step: int) -> None:
     import tensorflow as tf
 
-    tf.summary.scalar(tag, float(value) if value is not None else float("nan"), step=step)
+    value = float(value) if value is not None else float("nan")
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=plugin_metadata("scalars"))
+
+
+def _images(tag: str, images, step: int = 0) -> None:
+    """A batch of (k, H, W, C) images (floats in [0, 1], or uint8) as TensorBoard's image summary stores
+    them: width, height, then one PNG per image."""
+    import tensorflow as tf
+
+    images = tf.image.convert_image_dtype(tf.convert_to_tensor(images), tf.uint8, saturate=True)
+    shape = tf.shape(images)
+    encoded = tf.stack([tf.image.encode_png(image) for image in images])
+    data = tf.concat([tf.stack([tf.as_string(shape[2]), tf.as_string(shape[1])]), encoded], 0)
+    tf.summary.write(tag, data, step=step, metadata=plugin_metadata("images"))
 
 
 def epsilon_step(epsilon: float) -> int:
@@ -154,7 +177,7 @@ def write_summary(
                     _scalar(f"{stat}_by_epsilon/{attack}", row.get(stat), epsilon_step(target))
         if plot_path is not None:
             png = tf.io.decode_png(tf.io.read_file(plot_path), channels=3)
-            tf.summary.image("operating_characteristic", png[None], step=0)
+            _images("operating_characteristic", png[None])
     return folder
 
 
@@ -177,7 +200,6 @@ def example_panels(original: np.ndarray, adversarial: np.ndarray) -> dict[str, n
 def write_examples(logdir: str, attack: str, result, count: int = EXAMPLES) -> str | None:
     """Replace ``<logdir>/images/<attack>`` with `count` images of `result` (an AttackResult): its successes
     first, then its other attacked images, in batch order. None (nothing written) if it attacked none."""
-    import tensorflow as tf
 
     attacked = np.flatnonzero(result.attacked)
     chosen = np.concatenate([attacked[result.success[attacked]], attacked[~result.success[attacked]]])[:count]
@@ -187,7 +209,7 @@ def write_examples(logdir: str, attack: str, result, count: int = EXAMPLES) -> s
     panels = example_panels(result.original[chosen], result.adversarial[chosen])
     with _replacing(folder):
         for name, images in panels.items():
-            tf.summary.image(name, np.clip(images, 0.0, 1.0), step=0, max_outputs=count)
+            _images(name, np.clip(images, 0.0, 1.0).astype(np.float32))
     return folder
 
 
@@ -214,7 +236,7 @@ def write_points(
         for tag, step, value in points:
             _scalar(tag, value, int(step))
         for tag, path in (figures or {}).items():
-            tf.summary.image(tag, tf.io.decode_png(tf.io.read_file(path), channels=3)[None], step=0)
+            _images(tag, tf.io.decode_png(tf.io.read_file(path), channels=3)[None])
     return folder
 
 

@@ -239,3 +239,20 @@ def test_bad_flags_are_one_line(tmp_path):
     assert (tmp_path / "notes" / "mine.txt").read_text() == "mine"
     assert_refused(run_script("build_docs.py", "--output_dir="), "build_docs.py", "--output_dir: must name a folder")
     assert_refused(run_script("build_docs.py", "stray"), "build_docs.py", "unexpected arguments: stray")
+
+
+def test_without_pdoc_one_line_names_the_extra(tmp_path):
+    """pdoc missing: one line naming `pip install 'smoothadv_tf[docs]'`, exit 2, nothing written."""
+    import subprocess
+
+    masked = (
+        "import runpy, sys; sys.modules['pdoc'] = None; "
+        f"sys.argv = ['build_docs.py', '--output_dir={tmp_path / 'api'}']; "
+        f"runpy.run_path({os.path.join(ROOT, 'scripts', 'build_docs.py')!r}, run_name='__main__')"
+    )
+    done = subprocess.run([sys.executable, "-c", masked], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "make docs needs pdoc" in lines[0], done.stderr[-2000:]
+    assert "pip install 'smoothadv_tf[docs]'" in lines[0]
+    assert "Traceback" not in done.stderr and not (tmp_path / "api").exists()

@@ -41,6 +41,19 @@ def classifier(model, input_shape=(28, 28, 1), **options):
     )
 
 
+def two_class_classifier(model):
+    import keras
+    from art.estimators.classification import TensorFlowV2Classifier
+
+    return TensorFlowV2Classifier(
+        model,
+        nb_classes=2,
+        input_shape=(28, 28, 1),
+        clip_values=(0, 1),
+        loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+
+
 @pytest.fixture(scope="module")
 def art_module():
     return importlib.import_module("smoothadv_tf.integrations.art")
@@ -144,6 +157,45 @@ def test_targeted(art_module, c4_model, images):
     assert (predictions(c4_model, x_adv[3:]) == target[3:]).sum() >= (N - 3) // 2
     with pytest.raises(ValueError, match="Target labels `y` need to be provided"):
         attack.generate(x)
+
+
+def test_the_classifier_is_read_at_every_generate_and_its_view_shared(art_module, c4_model, images):
+    """A change made to the classifier after the attack was built (ART's set_params: other clip values) is what
+    the next generate uses; two attack objects on one classifier share its [0, 1] view (and so the traced
+    loops), which with clip values (0, 1) and no preprocessing is the Keras model itself."""
+    x, y = images
+    wrapped = classifier(c4_model)
+    first, second = (art_module.DDN(wrapped, verbose=False, **CHEAP) for _ in range(2))
+    assert first._view()[2] is second._view()[2] is c4_model
+    np.testing.assert_array_equal(first.generate(x, y), direct("ddn", c4_model, x, y).adversarial)
+    wrapped.set_params(clip_values=(0, 255))  # the model now takes pixels in [0, 255]: C4 sees 255 x
+    assert first._view()[2] is second._view()[2] is not c4_model
+    expected = direct("ddn", lambda v: c4_model(v * 255.0, training=False), x, y).adversarial * 255
+    np.testing.assert_array_equal(second.generate(x * 255, y), expected)
+
+
+def test_labels_from_the_classifier_are_its_predictions_on_the_image_the_attack_starts_from(art_module):
+    """y=None: the true label is the classifier's prediction on x rounded to 8 bits, the image the library
+    attacks and judges. A crafted model whose decision flips when its first pixel is rounded (0.4/255 above
+    the level k/255 on the raw image: class 0; on the rounded one: class 1): labels predicted on the raw image
+    would call the image misclassified and leave it unattacked; here it is attacked and leaves class 1."""
+    import keras
+
+    k = 100
+    flips = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Lambda(lambda v: v[:, 0, 0, :]),
+            keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant([[1e4, -1e4]])),
+        ]
+    )
+    flips.layers[-1].bias.assign([-1e4 * (k + 0.2) / 255, 1e4 * (k + 0.2) / 255])
+    x = np.zeros((1, 28, 28, 1), np.float32)
+    x[0, 0, 0, 0] = (k + 0.4) / 255
+    assert predictions(flips, x)[0] == 0 and predictions(flips, np.round(x * 255) / 255)[0] == 1
+    wrapped = two_class_classifier(flips)
+    x_adv = art_module.DDN(wrapped, verbose=False, **CHEAP).generate(x)
+    assert predictions(flips, x_adv)[0] == 0
 
 
 def test_batches_and_progress_bar(art_module, c4_model, images, capsys):

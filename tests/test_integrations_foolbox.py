@@ -283,6 +283,26 @@ def test_what_cannot_be_expressed_is_refused(c4_model, fashion_test):
         sfb.SmoothadvFixedEpsilonAttack()
 
 
+def test_labels_of_any_integer_type(c4_model, fashion_test):
+    """int32 / uint8 labels and target classes give the int64 run's results (foolbox's own success test would
+    fail on them under NumPy 2: eagerpy's np.find_common_type is gone)."""
+    fb = _fb()
+    import tensorflow as tf
+
+    from smoothadv_tf.integrations import foolbox as sfb
+
+    x, y, xt, yt = _data(fashion_test, 6)
+    fmodel, attack = fb.TensorFlowModel(c4_model, bounds=(0, 1)), sfb.DDN(**CHEAP)
+    raw64, _, success64 = attack(fmodel, xt, yt, epsilons=[None])
+    for dtype in (tf.int32, tf.uint8):
+        raw, _, success = attack(fmodel, xt, fb.criteria.Misclassification(tf.cast(yt, dtype)), epsilons=[None])
+        np.testing.assert_array_equal(raw[0].numpy(), raw64[0].numpy())
+        np.testing.assert_array_equal(success.numpy(), success64.numpy())
+    targets = tf.constant((y + 1) % 10, tf.int32)
+    _, clipped, success = attack(fmodel, xt, fb.criteria.TargetedMisclassification(targets), epsilons=[None])
+    np.testing.assert_array_equal(success[0].numpy(), _predict(c4_model, clipped[0]) == targets.numpy())
+
+
 def test_readme_snippet_runs_as_written(c4_model, fashion_test):
     """The README's foolbox snippet, run as written on 10 images: its raw images are the direct sC&W call's with
     the parameters it names (the §5.2 MNIST preset, paper protocol), clipped to its ε and judged by foolbox."""

@@ -323,3 +323,47 @@ def test_notensorboard_writes_no_events_and_tensorboard_dir_moves_them(tmp_path,
     _, out_dir = run_and_report(cfg, model, runner.load_data(cfg))
     assert not os.path.exists(os.path.join(out_dir, "tb"))
     assert folders(elsewhere / RUN) == ["images", "summary", "trace"]  # the run's own place under it
+
+
+WRITE_WITHOUT_TENSORBOARD = """
+import sys
+sys.modules["tensorboard"] = None  # not installed: tf.summary.scalar / image would raise TBNotInstalledError
+import numpy as np
+from smoothadv_tf import tensorboard_log
+png = sys.argv[2]
+import PIL.Image
+PIL.Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3)).save(png)
+tensorboard_log.write_points(sys.argv[1], "run", [("a/b", 3, 0.25), ("a/b", 5, 0.5)], figures={"fig": png})
+print("written")
+"""
+
+
+def test_events_are_written_without_tensorboard_as_tensorboard_writes_them(tmp_path):
+    """The scripts write events where the tensorboard package is not installed (TensorFlow alone, with the
+    plugin metadata TensorBoard's own scalar and image summaries attach); TensorBoard's reader then files
+    them under its scalars and images plugins and decodes the same values and pixels."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from tensorboard.plugins.image import metadata as image_metadata
+    from tensorboard.plugins.scalar import metadata as scalar_metadata
+
+    from smoothadv_tf.tensorboard_log import plugin_metadata
+
+    for ours, theirs in ((plugin_metadata("scalars"), scalar_metadata), (plugin_metadata("images"), image_metadata)):
+        assert ours.SerializeToString() == theirs.create_summary_metadata("", "").SerializeToString()
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_WITHOUT_TENSORBOARD, str(tmp_path), str(tmp_path / "fig.png")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "written" in done.stdout, done.stderr[-2000:]
+    acc = accumulate(str(tmp_path / "run"))
+    assert acc.SummaryMetadata("a/b").plugin_data.plugin_name == "scalars"
+    assert acc.SummaryMetadata("fig").plugin_data.plugin_name == "images"
+    assert scalars(str(tmp_path / "run")) == {"a/b": [(3, 0.25), (5, 0.5)]}
+    (fig,) = images(str(tmp_path / "run"))["fig"]
+    assert np.array_equal(fig, np.arange(48, dtype=np.uint8).reshape(4, 4, 3))

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from smoothadv_tf import presets
-from smoothadv_tf.integrations.common import attack_parameters, require, unit_interval_model
+from smoothadv_tf.integrations.common import attack_parameters, cached_view, require
 
 require("art", "art", "adversarial-robustness-toolbox")  # the one ImportError naming the extra, before any ART name
 
@@ -91,7 +91,7 @@ class SmoothadvAttack(EvasionAttack):
         if self.attack_name is None:
             raise TypeError(f"{type(self).__name__}: set attack_name (or use SmoothCarliniWagnerL2, SmoothPGD2, ...)")
         super().__init__(estimator=classifier)
-        lower, upper, mean, std = _classifier_view(classifier)
+        _classifier_view(classifier)  # refused here already if the attacks cannot see it on [0, 1]
         self.preset = preset
         self.protocol = protocol
         self._targeted = targeted
@@ -99,10 +99,15 @@ class SmoothadvAttack(EvasionAttack):
         self.verbose = verbose
         self._overrides: dict = {}
         self._take_options(params)
-        self._bounds = (np.float32(lower), np.float32(upper))
-        # once per attack object: the library caches its traced loops per model callable
-        self._model01 = unit_interval_model(classifier.model, lower, upper, mean, std)
         self._check_params()
+
+    def _view(self):
+        """(lower, upper, the classifier on [0, 1] images) as the classifier is now (ART's ``set_params`` may
+        change its clip values or preprocessing); one view per classifier and setting, shared by every attack
+        object on it (:func:`~smoothadv_tf.integrations.common.cached_view`), so the traced loops are too."""
+        lower, upper, mean, std = _classifier_view(self.estimator)
+        view = cached_view(self.estimator, self.estimator.model, lower, upper, mean, std)
+        return np.float32(lower), np.float32(upper), view
 
     # ------------------------------------------------------------------------------------------ parameters
     @property
@@ -158,7 +163,8 @@ class SmoothadvAttack(EvasionAttack):
         """Adversarial examples of `x` (in the classifier's units, inside its ``clip_values``), float32.
 
         :param x: images, shape (N, *classifier.input_shape), NHWC.
-        :param y: untargeted: the true labels (default: the classifier's predictions, ART's convention);
+        :param y: untargeted: the true labels (default: the classifier's predictions, ART's convention, made
+            on the image the attack starts from: x rounded to 8 bits on [0, 1] unless ``quantize=False``);
             targeted: the target labels (required). One-hot (N, nb_classes) or indices (N,) / (N, 1).
         :return: the attack's images scaled back to the clip values: for every image, the library's
             ``AttackResult.adversarial`` (8-bit quantised on [0, 1] unless ``quantize=False``): an image the
@@ -174,7 +180,7 @@ class SmoothadvAttack(EvasionAttack):
         shape = tuple(self.estimator.input_shape)
         if x.ndim != 4 or tuple(x.shape[1:]) != shape:
             raise ValueError(f"x: expected images of shape (N, {', '.join(map(str, shape))}), got {x.shape}")
-        lower, upper = self._bounds
+        lower, upper, view = self._view()
         x = x.astype(np.float32)
         if not np.isfinite(x).all() or x.min(initial=lower) < lower or x.max(initial=upper) > upper:
             raise ValueError(f"x: images must be finite and inside the classifier's clip_values ({lower}, {upper})")
@@ -183,33 +189,41 @@ class SmoothadvAttack(EvasionAttack):
         labels = self._labels(y, len(x)) if y is not None else None
         if not len(x):
             return x.copy()
+        from smoothadv_tf import attacks
+
+        x01 = (x - lower) / (upper - lower)
         predicted = None
-        if y is None or self.targeted:
-            predicted = np.argmax(self.estimator.predict(x, batch_size=self.batch_size), axis=1)
+        if y is None or self.targeted:  # the classifier's prediction on the image the attack starts from
+            start = attacks.quantize(x01).numpy() if self._params.get("quantize", True) else x01
+            predicted = np.concatenate(
+                [
+                    np.argmax(attacks.logits_of(view, start[k : k + self.batch_size]).numpy(), -1)
+                    for k in range(0, len(x), self.batch_size)
+                ]
+            )
         truth = predicted if labels is None or self.targeted else labels
         target = labels if self.targeted else None
 
-        x01 = (x - lower) / (upper - lower)
         adversarial = np.empty_like(x01)
         batches = -(-len(x) // self.batch_size)
         name = presets.DISPLAY_NAMES[self.attack_name]
         for b in trange(batches, desc=f"{name} (smoothadv_tf)", disable=not self.verbose):
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            adversarial[part] = self._attack(x01[part], truth[part], None if target is None else target[part])
+            adversarial[part] = self._attack(view, x01[part], truth[part], None if target is None else target[part])
         return np.clip(adversarial * (upper - lower) + lower, lower, upper).astype(np.float32)
 
-    def _attack(self, x01, truth, target):
+    def _attack(self, view, x01, truth, target):
         """One batch on [0, 1]: the library's attack (for a targeted one, on the images not already at their
         target; those come back unchanged, quantised as the library returns its unattacked images)."""
         from smoothadv_tf import attacks
 
         if target is None:
-            return attacks.run_attack(self.attack_name, self._model01, x01, truth, **self._params).adversarial
+            return attacks.run_attack(self.attack_name, view, x01, truth, **self._params).adversarial
         out = attacks.quantize(x01).numpy() if self._params.get("quantize", True) else x01.copy()
         todo = target != truth
         if todo.any():
             result = attacks.run_attack(
-                self.attack_name, self._model01, x01[todo], truth[todo], target=target[todo], **self._params
+                self.attack_name, view, x01[todo], truth[todo], target=target[todo], **self._params
             )
             out[todo] = result.adversarial
         return out
@@ -238,7 +252,7 @@ def _options(attack: str) -> tuple[str, ...]:
 
 def _classifier_view(classifier) -> tuple[float, float, np.ndarray, np.ndarray]:
     """(lower, upper, mean, std) of `classifier`: its clip values and its mean/std standardisation, as
-    :func:`unit_interval_model` takes them; one ValueError naming what the attacks cannot express."""
+    :func:`~smoothadv_tf.integrations.common.unit_interval_model` takes them; one ValueError naming what the attacks cannot express."""
     shape = tuple(classifier.input_shape)
     if classifier.channels_first:
         raise ValueError(

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import importlib
+import weakref
 
 import numpy as np
 
 from smoothadv_tf import presets
+from smoothadv_tf.errors import MissingExtraError
 
 
-def require(module: str, extra: str, package: str):
-    """Import `module` (a toolbox), or raise one ImportError naming the ``pip install`` that provides it."""
+def require(module: str, extra: str, package: str, needed_by: str | None = None):
+    """Import `module` (a toolbox), or raise one ImportError (:class:`~smoothadv_tf.errors.MissingExtraError`,
+    which the scripts print as one line) naming the ``pip install`` that provides it; `needed_by` names what
+    needs it (default: the integration ``smoothadv_tf.integrations.<extra>``)."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(
-            f"smoothadv_tf.integrations.{extra} needs {package} ({module} does not import: {e}); "
+        raise MissingExtraError(
+            f"{needed_by or f'smoothadv_tf.integrations.{extra}'} needs {package} ({module} does not import: {e}); "
             f"install it with: pip install 'smoothadv_tf[{extra}]'"
         ) from None
 
@@ -39,11 +43,32 @@ def unit_interval_model(model, lower: float = 0.0, upper: float = 1.0, mean=0.0,
     mean_t, std_t = tf.constant(np.asarray(mean, np.float32)), tf.constant(std_array)
     call_model = (lambda x: model(x, training=False)) if isinstance(model, keras.Model) else model
 
+    @tf.autograph.experimental.do_not_convert  # no Python control flow; AutoGraph cannot parse the closure
     def logits(x):
         return call_model((tf.cast(x, tf.float32) * scale + shift - mean_t) / std_t)
 
     logits.inner = model  # the attacks read a wrapped model's declared input shape from .inner (NCHW check)
     return logits
+
+
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # toolbox wrapper -> (model, key, view)
+
+
+def cached_view(owner, model, lower: float = 0.0, upper: float = 1.0, mean=0.0, std=1.0):
+    """:func:`unit_interval_model` of `model` as toolbox wrapper `owner` (an ART classifier, ...) presents it,
+    made once and reused while the model, bounds and preprocessing stay the same (a changed one, e.g. by ART's
+    ``set_params``, gets a new view): every attack object on one wrapper then shares the attacks' traced loops.
+    With bounds (0, 1) and no preprocessing the view is `model` itself, as in a direct call. Held weakly by
+    `owner` (the view refers to `model`, never to `owner`)."""
+    mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+    key = (float(lower), float(upper), mean.shape, mean.tobytes(), std.shape, std.tobytes())
+    held = _VIEWS.get(owner)
+    if held is not None and held[0] is model and held[1] == key:
+        return held[2]
+    identity = (float(lower), float(upper)) == (0.0, 1.0) and not mean.any() and bool((std == 1).all())
+    view = model if identity else unit_interval_model(model, lower, upper, mean, std)
+    _VIEWS[owner] = (model, key, view)
+    return view
 
 
 def attack_parameters(attack: str, preset: str = "mnist", protocol: str = presets.DEFAULT_PROTOCOL, **params) -> dict:

@@ -158,6 +158,25 @@ def _model_view(model) -> _ModelView:
     return view
 
 
+def _int64_labels(criterion):
+    """`criterion` with its labels (or target classes) as int64: foolbox's own success test compares them with
+    its int64 predictions, and for other integer types eagerpy 0.30 calls ``np.find_common_type``, which NumPy 2
+    removed (an AttributeError after the whole attack has run; foolbox's own attacks fail alike)."""
+    import tensorflow as tf
+
+    criterion = fb.attacks.base.get_criterion(criterion)
+    for kind, field in (
+        (fb.criteria.Misclassification, "labels"),
+        (fb.criteria.TargetedMisclassification, "target_classes"),
+    ):
+        if isinstance(criterion, kind):
+            raw = getattr(criterion, field).raw
+            dtype = tf.as_dtype(raw.dtype)
+            if dtype.is_integer and dtype != tf.int64:
+                return kind(tf.cast(tf.convert_to_tensor(raw), tf.int64))
+    return criterion
+
+
 def _goal(criterion, n: int) -> tuple[np.ndarray, bool]:
     """(classes, targeted) of a foolbox criterion (or labels) for a batch of `n` images."""
     criterion = fb.attacks.base.get_criterion(criterion)
@@ -207,7 +226,7 @@ class _SmoothadvAttack:
         clipped, success)``), with the model checked first: anything but an ``fb.TensorFlowModel`` the attack
         can see on [0, 1] is one ValueError, before foolbox touches it."""
         _model_view(model)
-        return super().__call__(model, inputs, criterion, epsilons=epsilons, **kwargs)
+        return super().__call__(model, inputs, _int64_labels(criterion), epsilons=epsilons, **kwargs)
 
     def _attack(self, model, inputs, criterion, epsilon: float | None):
         """The library's attack on foolbox images `inputs` (any eagerpy-convertible tensor), returned alike."""

@@ -29,6 +29,7 @@ from absl import app, flags
 from smoothadv_tf import presets
 from smoothadv_tf.cli import check_writable, run_script  # TensorFlow-free: flags are checked before TF loads
 from smoothadv_tf.data import load_fashion_mnist
+from smoothadv_tf.records import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 100, "Fashion-MNIST test images attacked by ours", lower_bound=1)
@@ -176,9 +177,8 @@ def main(_):
     for protocol in protocols:
         params = next(r["parameters"] for r in results["rows"] if r["protocol"] == protocol)
         print(f"{protocol}: ART parameters {params}; ours {results['speedup_same_images'][protocol]:.1f}x faster")
-    os.makedirs(os.path.dirname(FLAGS.output) or ".", exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-        json.dump(results, f, indent=2)
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+    atomic_write(FLAGS.output, json.dumps(results, indent=2))  # a killed run leaves the old file, not half of one
     print(f"wrote {FLAGS.output}")
 
 

@@ -23,6 +23,7 @@ from smoothadv_tf.cli import (
     run_script,
 )  # TensorFlow-free: flags are checked before TensorFlow is imported
 from smoothadv_tf.presets import TRACEABLE_ATTACKS
+from smoothadv_tf.records import atomic_write
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 100, "Fashion-MNIST test images", lower_bound=1)
@@ -80,9 +81,8 @@ def main(_):
     for r in rows:
         print(f"| {r['attack']} | {r['ms_per_image']:.2f} | {r['ms_per_image_traced']:.2f} | {r['ratio']:.3f} |")
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-    with open(FLAGS.output + ".tmp", "w") as f:
-        json.dump({"images": len(x), "protocol": FLAGS.protocol, "rounds": FLAGS.rounds, "rows": rows}, f, indent=2)
-    os.replace(FLAGS.output + ".tmp", FLAGS.output)
+    summary = {"images": len(x), "protocol": FLAGS.protocol, "rounds": FLAGS.rounds, "rows": rows}
+    atomic_write(FLAGS.output, json.dumps(summary, indent=2))
     print(f"wrote {FLAGS.output}")
 
 

@@ -57,12 +57,10 @@ Importing this module without foolbox raises one ImportError naming ``pip instal
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from smoothadv_tf import presets
-from smoothadv_tf.integrations.common import attack_parameters, require, unit_interval_model
+from smoothadv_tf.integrations.common import attack_parameters, cached_view, require
 
 # the one ImportError naming the extra, before any foolbox name (and before TensorFlow loads)
 fb = require("foolbox", "foolbox", "foolbox 3")
@@ -92,16 +90,12 @@ class _ModelView:
     """A foolbox model as the library sees it: `logits` maps [0, 1] NHWC images to its logits; `lower`,
     `scale` map them back to its bounds; `mean_size` is the channel count the preprocessing implies (1: any)."""
 
-    def __init__(self, key, logits, lower: np.float32, upper: np.float32, mean_size: int):
-        self.key = key
+    def __init__(self, logits, lower: np.float32, upper: np.float32, mean_size: int):
         self.logits = logits
         self.lower = lower
         self.upper = upper
         self.scale = np.float32(upper - lower)
         self.mean_size = mean_size
-
-
-_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # fb model -> _ModelView
 
 
 def _per_channel(name: str, value) -> np.ndarray | None:
@@ -135,27 +129,15 @@ def _model_view(model) -> _ModelView:
             "through a mean/std standardisation only); flip the channels inside the model instead"
         )
     mean, std = _per_channel("mean", mean), _per_channel("std", std)
-    key = (inner, lower, upper, None if mean is None else mean.tobytes(), None if std is None else std.tobytes())
-    view = _VIEWS.get(model)
-    if view is not None and view.key[0] is inner and view.key[1:] == key[1:]:
-        return view
     sizes = {len(a) for a in (mean, std) if a is not None and len(a) > 1}
     if len(sizes) > 1:
         raise ValueError(f"foolbox model: preprocessing mean and std have different lengths {sorted(sizes)}")
-    identity = (lower, upper) == (0.0, 1.0) and (mean is None or not mean.any()) and (std is None or (std == 1).all())
-    if identity:  # x itself: the same callable (and traced loops) as a direct call on the wrapped model
-        logits = inner
-    else:
-        logits = unit_interval_model(
-            inner,
-            lower,
-            upper,
-            np.float32(0.0) if mean is None else (mean if len(mean) > 1 else mean[0]),
-            np.float32(1.0) if std is None else (std if len(std) > 1 else std[0]),
-        )
-    view = _ModelView(key, logits, np.float32(lower), np.float32(upper), sizes.pop() if sizes else 1)
-    _VIEWS[model] = view
-    return view
+    mean = np.float32(0.0) if mean is None else (mean if len(mean) > 1 else mean[0])
+    std = np.float32(1.0) if std is None else (std if len(std) > 1 else std[0])
+    # one view per fb model and setting (the model itself for bounds (0, 1) without preprocessing: the direct
+    # call's traced loops), rebuilt only when they change, e.g. by transform_bounds(..., inplace=True)
+    logits = cached_view(model, inner, lower, upper, mean, std)
+    return _ModelView(logits, np.float32(lower), np.float32(upper), sizes.pop() if sizes else 1)
 
 
 def _int64_labels(criterion):

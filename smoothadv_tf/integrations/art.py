@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from smoothadv_tf import presets
-from smoothadv_tf.integrations.common import attack_parameters, cached_view, require
+from smoothadv_tf.integrations.common import attack_parameters, attack_unit_images, cached_view, require
 
 require("art", "art", "adversarial-robustness-toolbox")  # the one ImportError naming the extra, before any ART name
 
@@ -189,44 +189,21 @@ class SmoothadvAttack(EvasionAttack):
         labels = self._labels(y, len(x)) if y is not None else None
         if not len(x):
             return x.copy()
-        from smoothadv_tf import attacks
-
         x01 = (x - lower) / (upper - lower)
-        predicted = None
-        if y is None or self.targeted:  # the classifier's prediction on the image the attack starts from
-            start = attacks.quantize(x01).numpy() if self._params.get("quantize", True) else x01
-            predicted = np.concatenate(
-                [
-                    np.argmax(attacks.logits_of(view, start[k : k + self.batch_size]).numpy(), -1)
-                    for k in range(0, len(x), self.batch_size)
-                ]
-            )
-        truth = predicted if labels is None or self.targeted else labels
-        target = labels if self.targeted else None
-
         adversarial = np.empty_like(x01)
         batches = -(-len(x) // self.batch_size)
         name = presets.DISPLAY_NAMES[self.attack_name]
         for b in trange(batches, desc=f"{name} (smoothadv_tf)", disable=not self.verbose):
             part = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            adversarial[part] = self._attack(view, x01[part], truth[part], None if target is None else target[part])
-        return np.clip(adversarial * (upper - lower) + lower, lower, upper).astype(np.float32)
-
-    def _attack(self, view, x01, truth, target):
-        """One batch on [0, 1]: the library's attack (for a targeted one, on the images not already at their
-        target; those come back unchanged, quantised as the library returns its unattacked images)."""
-        from smoothadv_tf import attacks
-
-        if target is None:
-            return attacks.run_attack(self.attack_name, view, x01, truth, **self._params).adversarial
-        out = attacks.quantize(x01).numpy() if self._params.get("quantize", True) else x01.copy()
-        todo = target != truth
-        if todo.any():
-            result = attacks.run_attack(
-                self.attack_name, view, x01[todo], truth[todo], target=target[todo], **self._params
+            adversarial[part] = attack_unit_images(
+                self.attack_name,
+                view,
+                x01[part],
+                None if labels is None else labels[part],
+                bool(self.targeted),
+                self._params,
             )
-            out[todo] = result.adversarial
-        return out
+        return np.clip(adversarial * (upper - lower) + lower, lower, upper).astype(np.float32)
 
     def _labels(self, y, n: int) -> np.ndarray:
         """Index labels (N,) from ART's one-hot (N, nb_classes) or index (N,) / (N, 1) labels."""

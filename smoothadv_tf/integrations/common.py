@@ -71,6 +71,30 @@ def cached_view(owner, model, lower: float = 0.0, upper: float = 1.0, mean=0.0, 
     return view
 
 
+def attack_unit_images(attack: str, view, x01: np.ndarray, labels, targeted: bool, params: dict) -> np.ndarray:
+    """Library attack `attack` on [0, 1] images `x01` seen by `view`, as both toolboxes run it; its images.
+
+    Untargeted, `labels` are the true labels (None: the view's predictions). Targeted, `labels` are the
+    targets and the true labels the view's predictions; an image already at its target is not attacked and
+    comes back as the image the attack starts from. Predictions are made on that image, x rounded to 8 bits
+    unless ``quantize=False`` (what the library attacks and judges: an image whose decision flips when
+    rounded is attacked from its rounded prediction)."""
+    from smoothadv_tf import attacks
+
+    start = attacks.quantize(x01).numpy() if params.get("quantize", True) else np.array(x01)
+    if labels is not None and not targeted:
+        return attacks.run_attack(attack, view, x01, labels, **params).adversarial
+    predicted = np.argmax(attacks.logits_of(view, start).numpy(), -1)
+    if not targeted:
+        return attacks.run_attack(attack, view, x01, predicted, **params).adversarial
+    todo = predicted != labels
+    if todo.any():
+        start[todo] = attacks.run_attack(
+            attack, view, x01[todo], predicted[todo], target=labels[todo], **params
+        ).adversarial
+    return start
+
+
 def attack_parameters(attack: str, preset: str = "mnist", protocol: str = presets.DEFAULT_PROTOCOL, **params) -> dict:
     """The library's parameters of `attack` (one of :data:`smoothadv_tf.presets.ATTACK_NAMES`): the
     ``preset`` ("mnist" or "imagenet", §5.2) under ``protocol`` ("paper" or "strong"), `params` over them,

@@ -60,7 +60,7 @@ from __future__ import annotations
 import numpy as np
 
 from smoothadv_tf import presets
-from smoothadv_tf.integrations.common import attack_parameters, cached_view, require
+from smoothadv_tf.integrations.common import attack_parameters, attack_unit_images, cached_view, require
 
 # the one ImportError naming the extra, before any foolbox name (and before TensorFlow loads)
 fb = require("foolbox", "foolbox", "foolbox 3")
@@ -212,7 +212,6 @@ class _SmoothadvAttack:
 
     def _attack(self, model, inputs, criterion, epsilon: float | None):
         """The library's attack on foolbox images `inputs` (any eagerpy-convertible tensor), returned alike."""
-        from smoothadv_tf import attacks
 
         view = _model_view(model)
         x, restore_type = ep.astensor_(inputs)
@@ -232,17 +231,7 @@ class _SmoothadvAttack:
         if epsilon is not None:
             params["epsilon"] = float(epsilon) / float(scale)
         x01 = np.clip((images.astype(np.float32) - lower) / scale, 0.0, 1.0)  # clip: rounding only, checked above
-        if not targeted:
-            adversarial = attacks.run_attack(self.attack_name, view.logits, x01, classes, **params).adversarial
-        else:  # y: the model's prediction on the image the attack starts from; those at their target stay
-            start = attacks.quantize(x01).numpy() if params.get("quantize", True) else x01
-            predicted = np.argmax(attacks.logits_of(view.logits, start).numpy(), -1)
-            adversarial = start.copy()
-            todo = predicted != classes
-            if todo.any():
-                adversarial[todo] = attacks.run_attack(
-                    self.attack_name, view.logits, x01[todo], predicted[todo], target=classes[todo], **params
-                ).adversarial
+        adversarial = attack_unit_images(self.attack_name, view.logits, x01, classes, targeted, params)
         out = np.clip(adversarial * scale + lower, lower, upper).astype(images.dtype)
         return restore_type(ep.from_numpy(x, out))
 
